@@ -1,0 +1,21 @@
+//! The ingress Lambda: verify, claim, enqueue, answer. All logic is in the `bluehook` crate.
+
+use std::sync::Arc;
+
+use bluehook::lambda::{ingress_from_env, ingress_request, lambda_response};
+use lambda_http::{run, service_fn, Error, Request};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    bluehook::telemetry::init_json();
+    // Clients and configuration are built once per process, before the first invocation.
+    let ingress = Arc::new(ingress_from_env().await?);
+    run(service_fn(move |req: Request| {
+        let ingress = ingress.clone();
+        async move {
+            let req = ingress_request(req, ingress.max_body_bytes());
+            Ok::<_, Error>(lambda_response(ingress.handle(req).await))
+        }
+    }))
+    .await
+}

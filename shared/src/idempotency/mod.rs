@@ -1,0 +1,150 @@
+//! The idempotency protocol of the ingress: **claim** a key with one atomic conditional write,
+//! enqueue the event, then **complete** the claim; if the enqueue fails, **release** it so the
+//! provider's retry can claim it again.
+//!
+//! A claim succeeds when the key is absent, expired, or held by an in-progress claim whose lease
+//! ran out. Expiry is part of the condition itself, because stores delete expired items late
+//! (DynamoDB TTL) or never (moto). No adapter reads before it writes.
+
+pub mod dynamodb;
+pub mod memory;
+pub mod sqlite;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+/// Proof of a claim: only its holder may complete or release it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimToken(pub String);
+
+impl ClaimToken {
+    pub fn random() -> ClaimToken {
+        ClaimToken(uuid::Uuid::new_v4().simple().to_string())
+    }
+}
+
+/// The outcome of a claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The caller owns the key and must complete or release it.
+    Acquired(ClaimToken),
+    /// The event was already accepted: answer `duplicate`.
+    Completed,
+    /// Another delivery holds the key right now; it completes or fails loudly, so answer 503
+    /// and let the provider come back after `retry_after`.
+    InProgress { retry_after: Duration },
+}
+
+/// Timing of one claim.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimTimes {
+    pub now_ms: i64,
+    pub lease: Duration,
+    pub ttl: Duration,
+}
+
+impl ClaimTimes {
+    pub fn lease_until_ms(&self) -> i64 {
+        self.now_ms + self.lease.as_millis() as i64
+    }
+    pub fn expires_at_secs(&self) -> i64 {
+        self.now_ms.div_euclid(1000) + self.ttl.as_secs() as i64
+    }
+    pub fn now_secs(&self) -> i64 {
+        self.now_ms.div_euclid(1000)
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("idempotency store: {0}")]
+pub struct StoreError(pub String);
+
+#[async_trait]
+pub trait IdempotencyStore: Send + Sync {
+    /// Atomically takes `key` if it is free (see module docs).
+    async fn claim(&self, key: &str, event_id: &str, times: ClaimTimes) -> Result<Claim, StoreError>;
+    /// Marks the claim done: later deliveries are duplicates until the key expires.
+    async fn complete(&self, key: &str, token: &ClaimToken, times: ClaimTimes) -> Result<(), StoreError>;
+    /// Gives the key back after a failed enqueue.
+    async fn release(&self, key: &str, token: &ClaimToken) -> Result<(), StoreError>;
+}
+
+/// How long a delivery that found the key in progress should wait.
+pub(crate) fn retry_after(lease_until_ms: i64, now_ms: i64) -> Duration {
+    let ms = (lease_until_ms - now_ms).max(0) as u64;
+    Duration::from_secs(ms.div_ceil(1000).max(1))
+}
+
+/// Behaviour every adapter must show; run by each adapter's tests.
+#[cfg(test)]
+pub(crate) mod contract {
+    use super::*;
+
+    fn times(now_ms: i64) -> ClaimTimes {
+        ClaimTimes {
+            now_ms,
+            lease: Duration::from_secs(30),
+            ttl: Duration::from_secs(3600),
+        }
+    }
+
+    pub async fn run(store: &dyn IdempotencyStore, prefix: &str) {
+        let t0 = 1_700_000_000_000;
+        let k = format!("{prefix}-k1");
+
+        let Claim::Acquired(tok) = store.claim(&k, "e1", times(t0)).await.unwrap() else {
+            panic!("first claim must acquire")
+        };
+        // While held, another delivery is told to retry after the lease.
+        match store.claim(&k, "e1", times(t0 + 1_000)).await.unwrap() {
+            Claim::InProgress { retry_after } => assert_eq!(retry_after, Duration::from_secs(29)),
+            other => panic!("expected in progress, got {other:?}"),
+        }
+        store.complete(&k, &tok, times(t0 + 2_000)).await.unwrap();
+        assert_eq!(store.claim(&k, "e1", times(t0 + 3_000)).await.unwrap(), Claim::Completed);
+        // A completed key stays a duplicate after the lease would have run out...
+        assert_eq!(
+            store.claim(&k, "e1", times(t0 + 120_000)).await.unwrap(),
+            Claim::Completed
+        );
+        // ...until it expires: expiry is checked in the condition, not left to TTL deletion.
+        assert!(matches!(
+            store.claim(&k, "e1", times(t0 + 2_000 + 3_601_000)).await.unwrap(),
+            Claim::Acquired(_)
+        ));
+
+        // Release gives the key back at once.
+        let k2 = format!("{prefix}-k2");
+        let Claim::Acquired(tok2) = store.claim(&k2, "e2", times(t0)).await.unwrap() else {
+            panic!()
+        };
+        store.release(&k2, &tok2).await.unwrap();
+        let Claim::Acquired(tok2b) = store.claim(&k2, "e2", times(t0 + 1)).await.unwrap() else {
+            panic!("released key must be claimable")
+        };
+        // A stale token can neither release nor complete someone else's claim.
+        store.release(&k2, &tok2).await.unwrap();
+        assert!(matches!(
+            store.claim(&k2, "e2", times(t0 + 2)).await.unwrap(),
+            Claim::InProgress { .. }
+        ));
+        assert!(store.complete(&k2, &tok2, times(t0 + 3)).await.is_err());
+        store.complete(&k2, &tok2b, times(t0 + 3)).await.unwrap();
+
+        // A claim whose holder died is taken over once its lease ran out.
+        let k3 = format!("{prefix}-k3");
+        assert!(matches!(
+            store.claim(&k3, "e3", times(t0)).await.unwrap(),
+            Claim::Acquired(_)
+        ));
+        assert!(matches!(
+            store.claim(&k3, "e3", times(t0 + 29_999)).await.unwrap(),
+            Claim::InProgress { .. }
+        ));
+        assert!(matches!(
+            store.claim(&k3, "e3", times(t0 + 30_000)).await.unwrap(),
+            Claim::Acquired(_)
+        ));
+    }
+}

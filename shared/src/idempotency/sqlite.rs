@@ -1,0 +1,152 @@
+//! Idempotency keys in the embedded SQLite database: each step is one statement in one
+//! transaction (an upsert whose `WHERE` is the claim condition).
+
+use async_trait::async_trait;
+use rusqlite::{params, OptionalExtension};
+
+use super::{retry_after, Claim, ClaimTimes, ClaimToken, IdempotencyStore, StoreError};
+use crate::sqlite::Db;
+
+#[derive(Clone)]
+pub struct SqliteIdempotency {
+    db: Db,
+}
+
+impl SqliteIdempotency {
+    pub fn new(db: Db) -> SqliteIdempotency {
+        SqliteIdempotency { db }
+    }
+
+    /// Deletes keys that expired before `now_secs`; returns how many.
+    pub async fn purge_expired(&self, now_secs: i64) -> Result<usize, StoreError> {
+        self.db
+            .write(move |c| c.execute("DELETE FROM idempotency WHERE expires_at <= ?1", [now_secs]))
+            .await
+            .map_err(|e| StoreError(e.to_string()))
+    }
+}
+
+#[async_trait]
+impl IdempotencyStore for SqliteIdempotency {
+    async fn claim(&self, key: &str, event_id: &str, t: ClaimTimes) -> Result<Claim, StoreError> {
+        let key = key.to_owned();
+        let event_id = event_id.to_owned();
+        let token = ClaimToken::random();
+        let tok = token.0.clone();
+        let (acquired, lease_until) = self
+            .db
+            .write(move |c| {
+                // The conflict branch only fires when the claim condition holds; otherwise the
+                // statement changes nothing and RETURNING yields no row.
+                let acquired = c
+                    .query_row(
+                        "INSERT INTO idempotency(key, state, token, event_id, lease_until_ms, expires_at)
+                         VALUES (?1, 'in_progress', ?2, ?3, ?4, ?5)
+                         ON CONFLICT(key) DO UPDATE SET
+                            state = 'in_progress', token = excluded.token,
+                            event_id = excluded.event_id,
+                            lease_until_ms = excluded.lease_until_ms,
+                            expires_at = excluded.expires_at
+                         WHERE idempotency.expires_at <= ?6
+                            OR (idempotency.state = 'in_progress' AND idempotency.lease_until_ms <= ?7)
+                         RETURNING 1",
+                        params![key, tok, event_id, t.lease_until_ms(), t.expires_at_secs(), t.now_secs(), t.now_ms],
+                        |_| Ok(()),
+                    )
+                    .optional()?
+                    .is_some();
+                if acquired {
+                    return Ok((true, None));
+                }
+                // Same transaction: the row that defeated the condition.
+                let held: Option<(String, i64)> = c
+                    .query_row(
+                        "SELECT state, lease_until_ms FROM idempotency WHERE key = ?1",
+                        [&key],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()?;
+                Ok((false, held))
+            })
+            .await
+            .map_err(|e| StoreError(e.to_string()))?;
+        match (acquired, lease_until) {
+            (true, _) => Ok(Claim::Acquired(token)),
+            (false, Some((state, lease))) if state == "in_progress" => Ok(Claim::InProgress {
+                retry_after: retry_after(lease, t.now_ms),
+            }),
+            (false, _) => Ok(Claim::Completed),
+        }
+    }
+
+    async fn complete(&self, key: &str, token: &ClaimToken, t: ClaimTimes) -> Result<(), StoreError> {
+        let key = key.to_owned();
+        let tok = token.0.clone();
+        let n = self
+            .db
+            .write(move |c| {
+                c.execute(
+                    "UPDATE idempotency SET state = 'completed', expires_at = ?3
+                     WHERE key = ?1 AND token = ?2 AND state = 'in_progress'",
+                    params![key, tok, t.expires_at_secs()],
+                )
+            })
+            .await
+            .map_err(|e| StoreError(e.to_string()))?;
+        if n == 1 {
+            Ok(())
+        } else {
+            Err(StoreError("claim lost before completion".into()))
+        }
+    }
+
+    async fn release(&self, key: &str, token: &ClaimToken) -> Result<(), StoreError> {
+        let key = key.to_owned();
+        let tok = token.0.clone();
+        self.db
+            .write(move |c| {
+                c.execute(
+                    "DELETE FROM idempotency WHERE key = ?1 AND token = ?2 AND state = 'in_progress'",
+                    params![key, tok],
+                )
+            })
+            .await
+            .map(|_| ())
+            .map_err(|e| StoreError(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn contract() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.db")).unwrap();
+        super::super::contract::run(&SqliteIdempotency::new(db), "sqlite").await;
+    }
+
+    #[tokio::test]
+    async fn concurrent_claims_acquire_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteIdempotency::new(Db::open(&dir.path().join("t.db")).unwrap());
+        let t = ClaimTimes {
+            now_ms: crate::sqlite::now_ms(),
+            lease: std::time::Duration::from_secs(30),
+            ttl: std::time::Duration::from_secs(60),
+        };
+        let mut tasks = Vec::new();
+        for _ in 0..50 {
+            let s = store.clone();
+            tasks.push(tokio::spawn(async move { s.claim("same", "e", t).await.unwrap() }));
+        }
+        let mut acquired = 0;
+        for task in tasks {
+            if matches!(task.await.unwrap(), Claim::Acquired(_)) {
+                acquired += 1;
+            }
+        }
+        assert_eq!(acquired, 1);
+    }
+}

@@ -1,0 +1,104 @@
+//! Glue for the Lambda functions: configuration from the environment, AWS clients built once
+//! per process, and the lambda_http request turned into an [`IngressRequest`].
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::config::{needs_ssm, Config};
+use crate::idempotency::dynamodb::DynamoIdempotency;
+use crate::ingress::{build_sources, Ingress, IngressRequest, RequestBody};
+use crate::metrics::LogMetrics;
+use crate::queue::sqs::SqsQueue;
+
+/// Environment variables the functions read (the template sets each of them).
+pub const ENV_CONFIG: &str = "BLUEHOOK_CONFIG";
+pub const ENV_CONFIG_SSM: &str = "BLUEHOOK_CONFIG_SSM";
+pub const ENV_IDEMPOTENCY_TABLE: &str = "BLUEHOOK_IDEMPOTENCY_TABLE";
+pub const ENV_EVENTS_QUEUE_URL: &str = "BLUEHOOK_EVENTS_QUEUE_URL";
+
+fn required_env(name: &str) -> anyhow::Result<String> {
+    std::env::var(name).map_err(|_| anyhow::anyhow!("environment variable {name} is not set"))
+}
+
+/// The configuration: the TOML in `BLUEHOOK_CONFIG`, or the SSM parameter named by
+/// `BLUEHOOK_CONFIG_SSM`.
+pub async fn load_config(ssm: &aws_sdk_ssm::Client) -> anyhow::Result<Config> {
+    if let Ok(text) = std::env::var(ENV_CONFIG) {
+        return Ok(Config::from_toml(&text)?);
+    }
+    if let Ok(name) = std::env::var(ENV_CONFIG_SSM) {
+        use crate::config::SsmReader;
+        let text = ssm
+            .get_secure(&name)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot read config parameter {name}: {e}"))?;
+        return Ok(Config::from_toml(&text)?);
+    }
+    anyhow::bail!("set {ENV_CONFIG} (TOML) or {ENV_CONFIG_SSM} (an SSM parameter name)")
+}
+
+/// Builds the ingress from the environment: once per process, before the first invocation.
+pub async fn ingress_from_env() -> anyhow::Result<Ingress> {
+    let aws = aws_config::load_from_env().await;
+    let ssm = aws_sdk_ssm::Client::new(&aws);
+    let config = load_config(&ssm).await?;
+    let sources = build_sources(&config, needs_ssm(&config).then_some(&ssm as _)).await?;
+    let table = required_env(ENV_IDEMPOTENCY_TABLE)?;
+    let queue_url = required_env(ENV_EVENTS_QUEUE_URL)?;
+    Ok(Ingress::new(
+        sources,
+        Arc::new(DynamoIdempotency::new(aws_sdk_dynamodb::Client::new(&aws), table)),
+        Arc::new(SqsQueue::new(aws_sdk_sqs::Client::new(&aws), queue_url)),
+        Arc::new(LogMetrics),
+        config.ingress,
+    ))
+}
+
+/// The path as the ingress routes it: API Gateway may put a stage name in front of
+/// `/webhooks/...`.
+fn routed_path(path: &str) -> &str {
+    if let Some(i) = path.find("/webhooks/") {
+        &path[i..]
+    } else if path.ends_with("/healthz") {
+        "/healthz"
+    } else {
+        path
+    }
+}
+
+/// Turns a lambda_http request into the ingress's request.
+pub fn ingress_request(req: lambda_http::Request, max_body_bytes: usize) -> IngressRequest {
+    let (parts, body) = req.into_parts();
+    let bytes: &[u8] = body.as_ref();
+    let body = if bytes.len() > max_body_bytes {
+        RequestBody::TooLarge
+    } else {
+        RequestBody::Complete(Bytes::copy_from_slice(bytes))
+    };
+    IngressRequest {
+        method: parts.method,
+        path: routed_path(parts.uri.path()).to_owned(),
+        query: parts.uri.query().map(str::to_owned),
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// The ingress's answer as a lambda_http response.
+pub fn lambda_response(r: crate::ingress::IngressResponse) -> lambda_http::Response<lambda_http::Body> {
+    r.into_http().map(lambda_http::Body::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stage_prefix_is_ignored() {
+        assert_eq!(routed_path("/prod/webhooks/sendblue"), "/webhooks/sendblue");
+        assert_eq!(routed_path("/webhooks/sendblue/outbound"), "/webhooks/sendblue/outbound");
+        assert_eq!(routed_path("/prod/healthz"), "/healthz");
+        assert_eq!(routed_path("/other"), "/other");
+    }
+}

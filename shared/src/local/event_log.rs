@@ -1,0 +1,235 @@
+//! The local event log: `<data-dir>/events.ndjson`, one canonical event JSON per line, in the
+//! order the worker took them off the events queue. Each batch is fsynced before its messages
+//! are deleted from the queue, so an acked event is always either in the log or still queued.
+//!
+//! A crash between the fsync and the delete would log a batch twice on redelivery; the ids of
+//! the log's tail are remembered at start so that redelivered events are recognised and not
+//! written again.
+
+use std::collections::{HashSet, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::event::Event;
+use crate::metrics::{self, Metrics};
+use crate::queue::Queue;
+
+pub const FILE_NAME: &str = "events.ndjson";
+/// How much of the log's tail is read at start to recognise redelivered events.
+const TAIL_BYTES: u64 = 8 * 1024 * 1024;
+/// How many recent ids are remembered.
+const RECENT_IDS: usize = 100_000;
+
+pub struct EventLog {
+    path: PathBuf,
+    file: File,
+    recent: HashSet<String>,
+    order: VecDeque<String>,
+}
+
+impl EventLog {
+    pub fn open(data_dir: &Path) -> io::Result<EventLog> {
+        std::fs::create_dir_all(data_dir)?;
+        let path = data_dir.join(FILE_NAME);
+        let mut file = OpenOptions::new().create(true).read(true).append(true).open(&path)?;
+        let tail = read_tail(&mut file)?;
+        let mut log = EventLog {
+            path,
+            file,
+            recent: HashSet::new(),
+            order: VecDeque::new(),
+        };
+        // A line cut short by a crash was never acknowledged to the queue: drop it; its event
+        // comes back from the queue.
+        if let Some(last_newline) = tail.bytes.iter().rposition(|&b| b == b'\n') {
+            let keep = tail.start + last_newline as u64 + 1;
+            if keep < tail.start + tail.bytes.len() as u64 {
+                log.file.set_len(keep)?;
+            }
+        } else if tail.start == 0 && !tail.bytes.is_empty() {
+            log.file.set_len(0)?;
+        }
+        for line in tail.bytes.split(|&b| b == b'\n') {
+            if let Ok(ev) = serde_json::from_slice::<IdOnly>(line) {
+                log.remember(ev.id);
+            }
+        }
+        Ok(log)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn remember(&mut self, id: String) {
+        if self.recent.insert(id.clone()) {
+            self.order.push_back(id);
+            if self.order.len() > RECENT_IDS {
+                if let Some(old) = self.order.pop_front() {
+                    self.recent.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// Appends the events not already in the log and syncs the file. Returns how many were
+    /// written.
+    pub fn append(&mut self, events: &[Event]) -> io::Result<usize> {
+        let mut buf = Vec::with_capacity(events.len() * 1024);
+        let mut fresh = Vec::new();
+        for ev in events {
+            if self.recent.contains(&ev.id) || fresh.contains(&ev.id) {
+                continue;
+            }
+            serde_json::to_writer(&mut buf, ev).map_err(io::Error::other)?;
+            buf.push(b'\n');
+            fresh.push(ev.id.clone());
+        }
+        if !buf.is_empty() {
+            self.file.write_all(&buf)?;
+            self.file.sync_data()?;
+        }
+        let n = fresh.len();
+        for id in fresh {
+            self.remember(id);
+        }
+        Ok(n)
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct IdOnly {
+    id: String,
+}
+
+struct Tail {
+    start: u64,
+    bytes: Vec<u8>,
+}
+
+fn read_tail(file: &mut File) -> io::Result<Tail> {
+    let len = file.seek(SeekFrom::End(0))?;
+    let start = len.saturating_sub(TAIL_BYTES);
+    file.seek(SeekFrom::Start(start))?;
+    let mut bytes = Vec::with_capacity((len - start) as usize);
+    file.read_to_end(&mut bytes)?;
+    if start > 0 {
+        // Skip the partial first line.
+        match bytes.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                bytes.drain(..=i);
+                return Ok(Tail {
+                    start: start + i as u64 + 1,
+                    bytes,
+                });
+            }
+            None => bytes.clear(),
+        }
+    }
+    Ok(Tail { start, bytes })
+}
+
+/// Drains `queue` into the event log until `shutdown` turns true.
+pub async fn run_worker(
+    queue: Arc<dyn Queue>,
+    mut log: EventLog,
+    metrics: Arc<dyn Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let deliveries = tokio::select! {
+            got = queue.receive(256, Duration::from_secs(1)) => got,
+            _ = shutdown.changed() => break,
+        };
+        let deliveries = match deliveries {
+            Ok(d) if d.is_empty() => continue,
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(error = %e, "event log worker: receive failed");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let mut events = Vec::with_capacity(deliveries.len());
+        let mut receipts = Vec::with_capacity(deliveries.len());
+        for d in deliveries {
+            match Event::from_json(&d.body) {
+                Ok(ev) => {
+                    events.push(ev);
+                    receipts.push(d.receipt);
+                }
+                // Left on the queue: after the maximum receives it moves to the dead-letter queue.
+                Err(e) => tracing::error!(message_id = %d.message_id, error = %e, "not an event"),
+            }
+        }
+        let appended = tokio::task::spawn_blocking(move || {
+            let r = log.append(&events);
+            (log, r, events.len())
+        })
+        .await;
+        let (returned, result, handled) = match appended {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(error = %e, "event log worker stopped");
+                return;
+            }
+        };
+        log = returned;
+        match result {
+            Ok(_) => match queue.delete(&receipts).await {
+                Ok(()) => metrics.incr(metrics::PROCESSED, handled as u64),
+                Err(e) => tracing::error!(error = %e, "event log worker: delete failed"),
+            },
+            Err(e) => {
+                tracing::error!(error = %e, "cannot write the event log; events stay queued");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// Reads every event in the log at `path` (for tests and tools).
+pub fn read_all(path: &Path) -> io::Result<Vec<Event>> {
+    let text = std::fs::read_to_string(path)?;
+    text.lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| Event::from_json(l).map_err(io::Error::other))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::EventKind;
+
+    fn ev(key: &str) -> Event {
+        Event::new("s", "p", EventKind::Unknown, key.into(), chrono::Utc::now(), "{}".into())
+    }
+
+    #[test]
+    fn skips_events_already_logged_even_after_reopen_and_repairs_a_cut_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = EventLog::open(dir.path()).unwrap();
+        assert_eq!(log.append(&[ev("a"), ev("b"), ev("a")]).unwrap(), 2);
+        assert_eq!(log.append(&[ev("b")]).unwrap(), 0);
+        drop(log);
+        // A crash cut the last line short.
+        let path = dir.path().join(FILE_NAME);
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"{\"schema_version\":1,\"id\":\"evt_").unwrap();
+        drop(f);
+        let mut log = EventLog::open(dir.path()).unwrap();
+        assert_eq!(log.append(&[ev("a"), ev("c")]).unwrap(), 1);
+        let all = read_all(&path).unwrap();
+        let keys: Vec<_> = all.iter().map(|e| e.idempotency_key.as_str()).collect();
+        assert_eq!(keys, ["a", "b", "c"]);
+    }
+}

@@ -1,0 +1,217 @@
+//! `bluehook dev`: the whole pipeline in one process on the embedded SQLite database.
+
+pub mod event_log;
+pub mod server;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::RngCore;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::{needs_ssm, Config, SourceConfig};
+use crate::idempotency::sqlite::SqliteIdempotency;
+use crate::ingress::{build_sources, Ingress};
+use crate::metrics::SqliteCounters;
+use crate::queue::SqliteQueue;
+use crate::sqlite::Db;
+
+/// The local events queue (and `events-dlq`, its dead-letter queue).
+pub const EVENTS_QUEUE: &str = "events";
+pub const DB_FILE: &str = "bluehook.db";
+/// Where `bluehook dev` keeps the secret it made up when there is no config file.
+pub const DEV_SECRET_FILE: &str = "dev-secret";
+/// The source served when there is no config file.
+pub const DEFAULT_SOURCE: &str = "sendblue";
+
+#[derive(Debug, Clone)]
+pub struct DevOptions {
+    pub listen: String,
+    pub data_dir: PathBuf,
+    /// `None`: use `./bluehook.toml` if it exists, else the built-in default.
+    pub config: Option<PathBuf>,
+    pub default_config: PathBuf,
+}
+
+pub fn db_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(DB_FILE)
+}
+
+/// The dev secret kept in the data folder, made on first use.
+pub fn dev_secret(data_dir: &Path) -> std::io::Result<String> {
+    let path = data_dir.join(DEV_SECRET_FILE);
+    if let Ok(s) = std::fs::read_to_string(&path) {
+        let s = s.trim().to_owned();
+        if !s.is_empty() {
+            return Ok(s);
+        }
+    }
+    std::fs::create_dir_all(data_dir)?;
+    let mut bytes = [0u8; 18];
+    rand::rng().fill_bytes(&mut bytes);
+    let secret = format!("dev_{}", hex::encode(bytes));
+    write_private(&path, &secret)?;
+    Ok(secret)
+}
+
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    use std::io::Write;
+    opts.open(path)?.write_all(contents.as_bytes())
+}
+
+/// Reads the config the options point at. The second value is the made-up dev secret when
+/// the built-in default is used.
+pub fn load_config(opts: &DevOptions) -> anyhow::Result<(Config, Option<String>, Option<PathBuf>)> {
+    let path = match &opts.config {
+        Some(p) => Some(p.clone()),
+        None if opts.default_config.exists() => Some(opts.default_config.clone()),
+        None => None,
+    };
+    if let Some(path) = path {
+        let config = Config::from_file(&path)?;
+        return Ok((config, None, Some(path)));
+    }
+    let secret = dev_secret(&opts.data_dir)?;
+    let mut config = Config::default();
+    config.sources.insert(
+        DEFAULT_SOURCE.to_owned(),
+        SourceConfig {
+            provider: "sendblue".into(),
+            secrets: vec![secret.clone()],
+            settings: toml::Table::new(),
+        },
+    );
+    Ok((config, Some(secret), None))
+}
+
+/// Runs `bluehook dev` until Ctrl-C or SIGTERM.
+pub async fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
+    let (config, dev_secret, config_path) = load_config(&opts)?;
+    std::fs::create_dir_all(&opts.data_dir)?;
+    let db = Db::open(&db_path(&opts.data_dir))?;
+
+    let ssm = if needs_ssm(&config) {
+        let aws = aws_config::load_from_env().await;
+        Some(aws_sdk_ssm::Client::new(&aws))
+    } else {
+        None
+    };
+    let sources = build_sources(&config, ssm.as_ref().map(|c| c as _)).await?;
+    let metrics = Arc::new(SqliteCounters::new(db.clone()));
+    let idempotency = SqliteIdempotency::new(db.clone());
+    let queue = Arc::new(SqliteQueue::new(
+        db.clone(),
+        EVENTS_QUEUE,
+        Duration::from_secs(config.queue.visibility_timeout_secs),
+        config.queue.max_receive_count,
+    ));
+    let ingress = Arc::new(Ingress::new(
+        sources,
+        Arc::new(idempotency.clone()),
+        queue.clone(),
+        metrics.clone(),
+        config.ingress.clone(),
+    ));
+    let log = event_log::EventLog::open(&opts.data_dir)?;
+    let log_path = log.path().to_owned();
+
+    let listener = TcpListener::bind(&opts.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", opts.listen))?;
+    let addr: SocketAddr = listener.local_addr()?;
+    print_banner(addr, &opts, &ingress, config_path.as_deref(), dev_secret.as_deref(), &log_path);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let server = tokio::spawn(server::serve(listener, ingress, stop_rx.clone()));
+    let worker = tokio::spawn(event_log::run_worker(queue, log, metrics, stop_rx.clone()));
+    let purge = tokio::spawn(purge_expired_keys(idempotency, stop_rx));
+
+    wait_for_signal().await;
+    tracing::info!("stopping: finishing requests in flight");
+    let _ = stop_tx.send(true);
+    let _ = server.await;
+    let _ = worker.await;
+    let _ = purge.await;
+    db.flush().await?;
+    println!("bluehook dev stopped cleanly");
+    Ok(())
+}
+
+fn print_banner(
+    addr: SocketAddr,
+    opts: &DevOptions,
+    ingress: &Ingress,
+    config_path: Option<&Path>,
+    dev_secret: Option<&str>,
+    log_path: &Path,
+) {
+    let base = format!("http://{addr}");
+    println!("bluehook dev listening on {base}");
+    println!("  data folder: {}", opts.data_dir.display());
+    println!("  event log:   {}", log_path.display());
+    match config_path {
+        Some(p) => println!("  config:      {}", p.display()),
+        None => println!("  config:      none found ({}); using the built-in default", opts.default_config.display()),
+    }
+    let mut names: Vec<&str> = ingress.source_names().collect();
+    names.sort_unstable();
+    for name in names {
+        println!("  source:      POST {base}/webhooks/{name}");
+    }
+    if let Some(secret) = dev_secret {
+        println!("  dev secret:  {secret}  (source `{DEFAULT_SOURCE}`, kept in {})", opts.data_dir.join(DEV_SECRET_FILE).display());
+        println!();
+        println!("Try it:");
+        println!("  bluehook send sendblue.receive --url {base}/webhooks/{DEFAULT_SOURCE} --secret {secret}");
+    }
+    println!("Press Ctrl-C to stop.");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+}
+
+async fn purge_expired_keys(store: SqliteIdempotency, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(600)) => {}
+            _ = stop.changed() => return,
+        }
+        let now = chrono::Utc::now().timestamp();
+        match store.purge_expired(now).await {
+            Ok(n) if n > 0 => tracing::info!(keys = n, "purged expired idempotency keys"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "purging expired keys failed"),
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,96 @@
+//! The local HTTP server in front of the ingress handler (hyper, HTTP/1.1). It bounds what a
+//! client can make it hold: the body is read against the size limit (declared or counted), and
+//! headers and body each have a read deadline.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::ingress::{Ingress, IngressRequest, RequestBody};
+
+/// How long a client has to send its headers, and then its body.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn read_body(body: Incoming, headers: &http::HeaderMap, limit: usize) -> RequestBody {
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return RequestBody::TooLarge;
+    }
+    match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, limit).collect()).await {
+        Err(_) => RequestBody::TimedOut,
+        Ok(Ok(collected)) => RequestBody::Complete(collected.to_bytes()),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => RequestBody::TooLarge,
+        // The client broke off mid-body: nothing to answer it with that it would read.
+        Ok(Err(_)) => RequestBody::TimedOut,
+    }
+}
+
+async fn serve_one(
+    ingress: Arc<Ingress>,
+    req: http::Request<Incoming>,
+) -> Result<http::Response<Full<Bytes>>, std::convert::Infallible> {
+    let (parts, body) = req.into_parts();
+    let body = read_body(body, &parts.headers, ingress.max_body_bytes()).await;
+    let request = IngressRequest {
+        method: parts.method,
+        path: parts.uri.path().to_owned(),
+        query: parts.uri.query().map(str::to_owned),
+        headers: parts.headers,
+        body,
+    };
+    let response = ingress.handle(request).await.into_http();
+    Ok(response.map(|b| Full::new(Bytes::from(b))))
+}
+
+/// Serves `ingress` on `listener` until `shutdown` turns true, then lets in-flight requests
+/// finish (up to 10 s).
+pub async fn serve(listener: TcpListener, ingress: Arc<Ingress>, mut shutdown: watch::Receiver<bool>) {
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let ingress = ingress.clone();
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_TIMEOUT)
+            .max_buf_size(64 * 1024)
+            .serve_connection(
+                TokioIo::new(stream),
+                service_fn(move |req| serve_one(ingress.clone(), req)),
+            );
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await.is_err() {
+        tracing::warn!("some connections were still open after 10 s; closing them");
+    }
+}

@@ -1,0 +1,167 @@
+//! Counters: what `bluehook stats` reports. Locally they persist in the SQLite database (so they
+//! survive restarts); on Lambda they are log fields.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+use crate::queue::sqlite::{dead_letter_name, queue_depth};
+use crate::sqlite::{Db, DbError};
+
+pub const RECEIVED: &str = "received";
+pub const ACCEPTED: &str = "accepted";
+pub const DUPLICATES: &str = "duplicates";
+pub const PROCESSED: &str = "processed";
+/// Prefix of `rejected.<error code>` counters.
+pub const REJECTED_PREFIX: &str = "rejected.";
+/// Prefix of `auth.<reason>` counters: why a 401 was given.
+pub const AUTH_PREFIX: &str = "auth.";
+
+/// The error codes of the ingress, always listed in `stats` (zero when none).
+pub const REJECTION_CODES: &[&str] = &[
+    "unauthorized",
+    "too_large",
+    "bad_request",
+    "unknown_source",
+    "method_not_allowed",
+    "not_found",
+    "timeout",
+    "in_progress",
+    "unavailable",
+];
+
+pub trait Metrics: Send + Sync {
+    fn incr(&self, name: &str, by: u64);
+}
+
+/// Counters in the embedded database. Increments ride along with the next group commit.
+#[derive(Clone)]
+pub struct SqliteCounters {
+    db: Db,
+}
+
+impl SqliteCounters {
+    pub fn new(db: Db) -> SqliteCounters {
+        SqliteCounters { db }
+    }
+}
+
+impl Metrics for SqliteCounters {
+    fn incr(&self, name: &str, by: u64) {
+        let name = name.to_owned();
+        self.db.write_detached(move |c| {
+            c.execute(
+                "INSERT INTO counters(name, value) VALUES (?1, ?2)
+                 ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+                rusqlite::params![name, by as i64],
+            )
+            .map(|_| ())
+        });
+    }
+}
+
+/// Counters as structured log lines (Lambda: CloudWatch Logs, queryable with Logs Insights).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LogMetrics;
+
+impl Metrics for LogMetrics {
+    fn incr(&self, name: &str, by: u64) {
+        tracing::debug!(counter = name, by, "count");
+    }
+}
+
+/// Counters in memory, for tests.
+#[derive(Debug, Default)]
+pub struct MemoryMetrics {
+    counts: Mutex<BTreeMap<String, u64>>,
+}
+
+impl MemoryMetrics {
+    pub fn get(&self, name: &str) -> u64 {
+        self.counts.lock().unwrap().get(name).copied().unwrap_or(0)
+    }
+}
+
+impl Metrics for MemoryMetrics {
+    fn incr(&self, name: &str, by: u64) {
+        *self.counts.lock().unwrap().entry(name.to_owned()).or_default() += by;
+    }
+}
+
+/// Depth of one local queue and of its dead-letter queue.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct QueueStats {
+    pub queued: u64,
+    pub dead_lettered: u64,
+}
+
+/// What `bluehook stats --json` prints.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Stats {
+    /// Webhook requests that reached a `/webhooks/...` route.
+    pub received: u64,
+    /// Events accepted (claimed, queued durably, answered 200 `accepted`).
+    pub accepted: u64,
+    /// Events answered 200 `duplicate`.
+    pub duplicates: u64,
+    /// Requests answered with an error, by error code.
+    pub rejected: BTreeMap<String, u64>,
+    /// Why requests were answered 401, by reason.
+    pub auth_failures: BTreeMap<String, u64>,
+    /// Messages waiting in the local queues now.
+    pub queued: u64,
+    /// Events the local worker has written to the event log.
+    pub processed: u64,
+    /// Messages in the dead-letter queues now.
+    pub dead_lettered: u64,
+    pub queues: BTreeMap<String, QueueStats>,
+}
+
+impl Stats {
+    /// Reads the counters and the depths of `queues` from the database.
+    pub async fn load(db: &Db, queues: &[&str]) -> Result<Stats, DbError> {
+        let queues: Vec<String> = queues.iter().map(|q| (*q).to_owned()).collect();
+        db.read(move |c| {
+            let mut counters = BTreeMap::new();
+            let mut stmt = c.prepare("SELECT name, value FROM counters")?;
+            for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
+                let (k, v) = row?;
+                counters.insert(k, v as u64);
+            }
+            let get = |k: &str| counters.get(k).copied().unwrap_or(0);
+            let mut rejected: BTreeMap<String, u64> =
+                REJECTION_CODES.iter().map(|c| ((*c).to_owned(), 0)).collect();
+            let mut auth_failures = BTreeMap::new();
+            for (k, v) in &counters {
+                if let Some(code) = k.strip_prefix(REJECTED_PREFIX) {
+                    rejected.insert(code.to_owned(), *v);
+                } else if let Some(reason) = k.strip_prefix(AUTH_PREFIX) {
+                    auth_failures.insert(reason.to_owned(), *v);
+                }
+            }
+            let mut per_queue = BTreeMap::new();
+            for q in &queues {
+                per_queue.insert(
+                    q.clone(),
+                    QueueStats {
+                        queued: queue_depth(c, q)?,
+                        dead_lettered: queue_depth(c, &dead_letter_name(q))?,
+                    },
+                );
+            }
+            Ok(Stats {
+                received: get(RECEIVED),
+                accepted: get(ACCEPTED),
+                duplicates: get(DUPLICATES),
+                rejected,
+                auth_failures,
+                queued: per_queue.values().map(|q| q.queued).sum(),
+                processed: get(PROCESSED),
+                dead_lettered: per_queue.values().map(|q| q.dead_lettered).sum(),
+                queues: per_queue,
+            })
+        })
+        .await
+    }
+}

@@ -1,0 +1,261 @@
+//! A queue in the embedded SQLite database, with SQS's consumer semantics: a received message
+//! is hidden for the visibility timeout, its receive count grows on each receive, and a message
+//! received `max_receive_count` times moves to the dead-letter queue `<name>-dlq` on its next
+//! receive instead of being handed out again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::params;
+use tokio::sync::Notify;
+
+use super::{Delivery, OutgoingMessage, Queue, QueueError};
+use crate::sqlite::{now_ms, Db};
+
+#[derive(Clone)]
+pub struct SqliteQueue {
+    db: Db,
+    name: String,
+    dlq: String,
+    visibility: Duration,
+    max_receive_count: u32,
+    /// Wakes a waiting receiver when this process sends.
+    notify: Arc<Notify>,
+}
+
+fn qerr(e: impl std::fmt::Display) -> QueueError {
+    QueueError(e.to_string())
+}
+
+impl SqliteQueue {
+    pub fn new(db: Db, name: &str, visibility: Duration, max_receive_count: u32) -> SqliteQueue {
+        SqliteQueue {
+            db,
+            name: name.to_owned(),
+            dlq: dead_letter_name(name),
+            visibility,
+            max_receive_count,
+            notify: Arc::new(Notify::new()),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The dead-letter queue of this queue, as a queue of its own (for inspection and replay).
+    pub fn dead_letter_queue(&self) -> SqliteQueue {
+        SqliteQueue::new(self.db.clone(), &self.dlq, self.visibility, u32::MAX)
+    }
+
+    async fn receive_now(&self, max: usize) -> Result<Vec<Delivery>, QueueError> {
+        let (name, dlq) = (self.name.clone(), self.dlq.clone());
+        let visibility_ms = self.visibility.as_millis() as i64;
+        let max_receives = i64::from(self.max_receive_count);
+        self.db
+            .write(move |c| {
+                let now = now_ms();
+                c.execute(
+                    "UPDATE queue_messages SET queue = ?2, receive_count = 0, receipt = NULL
+                     WHERE queue = ?1 AND visible_at_ms <= ?3 AND receive_count >= ?4",
+                    params![name, dlq, now, max_receives],
+                )?;
+                let mut select = c.prepare_cached(
+                    "SELECT seq, message_id, body, receive_count FROM queue_messages
+                     WHERE queue = ?1 AND visible_at_ms <= ?2 ORDER BY visible_at_ms, seq LIMIT ?3",
+                )?;
+                let rows = select
+                    .query_map(params![name, now, max as i64], |r| {
+                        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?))
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                let mut update = c.prepare_cached(
+                    "UPDATE queue_messages SET receive_count = receive_count + 1,
+                        visible_at_ms = ?2, receipt = ?3 WHERE seq = ?1",
+                )?;
+                let mut out = Vec::with_capacity(rows.len());
+                for (seq, message_id, body, count) in rows {
+                    let receipt = format!("{seq}:{}", uuid::Uuid::new_v4().simple());
+                    update.execute(params![seq, now + visibility_ms, receipt])?;
+                    out.push(Delivery {
+                        message_id,
+                        body,
+                        receipt,
+                        receive_count: (count + 1) as u32,
+                    });
+                }
+                Ok(out)
+            })
+            .await
+            .map_err(qerr)
+    }
+
+    /// Messages waiting in this queue (visible or in flight).
+    pub async fn depth(&self) -> Result<u64, QueueError> {
+        let name = self.name.clone();
+        self.db
+            .read(move |c| queue_depth(c, &name))
+            .await
+            .map_err(qerr)
+    }
+
+    /// Moves up to `max` messages of this queue (normally a dead-letter queue) to `target`,
+    /// visible at once with a fresh receive count. Returns how many moved.
+    pub async fn move_to(&self, target: &str, max: u64) -> Result<u64, QueueError> {
+        let (from, to) = (self.name.clone(), target.to_owned());
+        let moved = self
+            .db
+            .write(move |c| {
+                c.execute(
+                    "UPDATE queue_messages SET queue = ?2, receive_count = 0, receipt = NULL,
+                        visible_at_ms = ?3
+                     WHERE seq IN (SELECT seq FROM queue_messages WHERE queue = ?1 ORDER BY seq LIMIT ?4)",
+                    params![from, to, now_ms(), max.min(i64::MAX as u64) as i64],
+                )
+            })
+            .await
+            .map_err(qerr)?;
+        Ok(moved as u64)
+    }
+}
+
+/// Name of the dead-letter queue of `queue`.
+pub fn dead_letter_name(queue: &str) -> String {
+    format!("{queue}-dlq")
+}
+
+/// Messages in `queue` (visible or in flight), read on an open connection.
+pub fn queue_depth(c: &rusqlite::Connection, queue: &str) -> rusqlite::Result<u64> {
+    c.query_row(
+        "SELECT count(*) FROM queue_messages WHERE queue = ?1",
+        [queue],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n as u64)
+}
+
+#[async_trait]
+impl Queue for SqliteQueue {
+    async fn send(&self, messages: &[OutgoingMessage]) -> Result<(), QueueError> {
+        let name = self.name.clone();
+        let messages = messages.to_vec();
+        self.db
+            .write(move |c| {
+                let now = now_ms();
+                let mut insert = c.prepare_cached(
+                    "INSERT INTO queue_messages(queue, message_id, body, sent_at_ms, visible_at_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?4)",
+                )?;
+                for m in &messages {
+                    insert.execute(params![name, m.id, m.body, now])?;
+                }
+                Ok(())
+            })
+            .await
+            .map_err(qerr)?;
+        self.notify.notify_waiters();
+        Ok(())
+    }
+
+    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, QueueError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Register interest before looking, so a send in between is not missed.
+            let notified = self.notify.notified();
+            let got = self.receive_now(max).await?;
+            let now = tokio::time::Instant::now();
+            if !got.is_empty() || now >= deadline {
+                return Ok(got);
+            }
+            // Also poll: messages become visible again when a visibility timeout runs out, and
+            // another process may have sent.
+            let nap = (deadline - now).min(Duration::from_millis(250));
+            let _ = tokio::time::timeout(nap, notified).await;
+        }
+    }
+
+    async fn delete(&self, receipts: &[String]) -> Result<(), QueueError> {
+        let receipts = receipts.to_vec();
+        self.db
+            .write(move |c| {
+                let mut delete = c.prepare_cached(
+                    "DELETE FROM queue_messages WHERE seq = ?1 AND receipt = ?2",
+                )?;
+                for r in &receipts {
+                    let seq: i64 = r.split(':').next().and_then(|s| s.parse().ok()).unwrap_or(-1);
+                    delete.execute(params![seq, r])?;
+                }
+                Ok(())
+            })
+            .await
+            .map_err(qerr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(i: usize) -> OutgoingMessage {
+        OutgoingMessage {
+            id: format!("m{i}"),
+            body: format!("body {i}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn visibility_receive_count_and_dead_letter() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("q.db")).unwrap();
+        let q = SqliteQueue::new(db, "events", Duration::from_millis(200), 2);
+        q.send(&[msg(1), msg(2)]).await.unwrap();
+        assert_eq!(q.depth().await.unwrap(), 2);
+
+        let got = q.receive(10, Duration::ZERO).await.unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].body, "body 1");
+        assert!(got.iter().all(|d| d.receive_count == 1));
+        // Hidden while in flight.
+        assert!(q.receive(10, Duration::ZERO).await.unwrap().is_empty());
+        q.delete(&[got[0].receipt.clone()]).await.unwrap();
+
+        // m2 not deleted: back after the visibility timeout, counted again.
+        let again = q.receive(10, Duration::from_secs(2)).await.unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].message_id, "m2");
+        assert_eq!(again[0].receive_count, 2);
+        // A stale receipt does not delete the message.
+        q.delete(&[got[1].receipt.clone()]).await.unwrap();
+        assert_eq!(q.depth().await.unwrap(), 1);
+
+        // Received twice (the maximum): the next receive moves it to the DLQ.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert!(q.receive(10, Duration::ZERO).await.unwrap().is_empty());
+        let dlq = q.dead_letter_queue();
+        assert_eq!(q.depth().await.unwrap(), 0);
+        assert_eq!(dlq.depth().await.unwrap(), 1);
+
+        // Replay moves it back with a fresh count.
+        assert_eq!(dlq.move_to("events", 10).await.unwrap(), 1);
+        let replayed = q.receive(10, Duration::ZERO).await.unwrap();
+        assert_eq!(replayed.len(), 1);
+        assert_eq!(replayed[0].receive_count, 1);
+        assert_eq!(replayed[0].body, "body 2");
+    }
+
+    #[tokio::test]
+    async fn a_waiting_receiver_wakes_on_send() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("q.db")).unwrap();
+        let q = SqliteQueue::new(db, "events", Duration::from_secs(30), 5);
+        let rx = q.clone();
+        let waiter = tokio::spawn(async move { rx.receive(10, Duration::from_secs(5)).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let start = std::time::Instant::now();
+        q.send(&[msg(1)]).await.unwrap();
+        let got = waiter.await.unwrap().unwrap();
+        assert_eq!(got.len(), 1);
+        assert!(start.elapsed() < Duration::from_secs(2));
+    }
+}

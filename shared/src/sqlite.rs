@@ -1,0 +1,250 @@
+//! The embedded database: one SQLite file in the data folder holding the local queues, the
+//! idempotency keys and the counters.
+//!
+//! All writes go through one writer thread that groups whatever is waiting into a single
+//! transaction (group commit): one fsync serves many requests, and every caller gets its answer
+//! only after the transaction holding its write has committed, so "acked" still means
+//! "durable". Each write runs inside its own savepoint, so one failing write does not undo the
+//! others of its group.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread;
+
+use rusqlite::Connection;
+use tokio::sync::oneshot;
+
+/// Most writes one transaction takes before it commits.
+const MAX_GROUP: usize = 1024;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DbError {
+    #[error("sqlite: {0}")]
+    Sqlite(String),
+    #[error("the database writer has stopped")]
+    Closed,
+}
+
+impl From<rusqlite::Error> for DbError {
+    fn from(e: rusqlite::Error) -> Self {
+        DbError::Sqlite(e.to_string())
+    }
+}
+
+type Reply = Box<dyn FnOnce(Result<(), DbError>) + Send>;
+type Job = Box<dyn FnOnce(&Connection) -> Option<Reply> + Send>;
+
+/// Handle to the database; cheap to clone.
+#[derive(Clone)]
+pub struct Db {
+    jobs: mpsc::Sender<Job>,
+    path: PathBuf,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS idempotency (
+    key TEXT PRIMARY KEY,
+    state TEXT NOT NULL,            -- 'in_progress' | 'completed'
+    token TEXT NOT NULL,
+    event_id TEXT,
+    lease_until_ms INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL     -- Unix seconds
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS idempotency_expiry ON idempotency(expires_at);
+
+CREATE TABLE IF NOT EXISTS queue_messages (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    body TEXT NOT NULL,
+    sent_at_ms INTEGER NOT NULL,
+    visible_at_ms INTEGER NOT NULL,
+    receive_count INTEGER NOT NULL DEFAULT 0,
+    receipt TEXT
+);
+CREATE INDEX IF NOT EXISTS queue_visible ON queue_messages(queue, visible_at_ms, seq);
+
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+";
+
+fn open_connection(path: &Path) -> Result<Connection, DbError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    // WAL with synchronous=FULL: a committed transaction survives a crash of the process and
+    // of the machine.
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(conn)
+}
+
+impl Db {
+    /// Opens (creating if needed) the database at `path` and starts its writer thread.
+    pub fn open(path: &Path) -> Result<Db, DbError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| DbError::Sqlite(e.to_string()))?;
+        }
+        let conn = open_connection(path)?;
+        conn.execute_batch(SCHEMA)?;
+        let (tx, rx) = mpsc::channel::<Job>();
+        thread::Builder::new()
+            .name("bluehook-sqlite-writer".into())
+            .spawn(move || writer_loop(conn, rx))
+            .map_err(|e| DbError::Sqlite(e.to_string()))?;
+        Ok(Db {
+            jobs: tx,
+            path: path.to_owned(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` in the next group transaction; answers once that transaction has committed.
+    pub async fn write<T, F>(&self, f: F) -> Result<T, DbError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel::<Result<T, DbError>>();
+        let job: Job = Box::new(move |conn| {
+            let result = in_savepoint(conn, f);
+            Some(Box::new(move |committed: Result<(), DbError>| {
+                let _ = tx.send(committed.and(result));
+            }))
+        });
+        self.jobs.send(job).map_err(|_| DbError::Closed)?;
+        rx.await.map_err(|_| DbError::Closed)?
+    }
+
+    /// Queues a write whose outcome nobody waits for (counters). It commits with the next group.
+    pub fn write_detached<F>(&self, f: F)
+    where
+        F: FnOnce(&Connection) -> rusqlite::Result<()> + Send + 'static,
+    {
+        let job: Job = Box::new(move |conn| {
+            if let Err(e) = in_savepoint(conn, f) {
+                tracing::warn!(error = %e, "background write failed");
+            }
+            None
+        });
+        let _ = self.jobs.send(job);
+    }
+
+    /// Runs `f` on a fresh read-only connection, off the async runtime. Reads see every
+    /// committed write and never block the writer (WAL).
+    pub async fn read<T, F>(&self, f: F) -> Result<T, DbError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = open_connection(&path)?;
+            Ok(f(&conn)?)
+        })
+        .await
+        .map_err(|e| DbError::Sqlite(e.to_string()))?
+    }
+
+    /// Waits until every write queued before this call has committed.
+    pub async fn flush(&self) -> Result<(), DbError> {
+        self.write(|_| Ok(())).await
+    }
+}
+
+fn in_savepoint<T>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+) -> Result<T, DbError> {
+    conn.execute_batch("SAVEPOINT job")?;
+    match f(conn) {
+        Ok(v) => {
+            conn.execute_batch("RELEASE job")?;
+            Ok(v)
+        }
+        Err(e) => {
+            conn.execute_batch("ROLLBACK TO job; RELEASE job")?;
+            Err(e.into())
+        }
+    }
+}
+
+fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
+    let mut replies: Vec<Reply> = Vec::with_capacity(MAX_GROUP);
+    // Blocks for the first job of a group, then takes whatever else is already waiting.
+    while let Ok(first) = rx.recv() {
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            tracing::error!(error = %e, "cannot begin a transaction");
+            // The job cannot run: answer it with the error by running nothing.
+            drop(first);
+            continue;
+        }
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(job) = next.take() {
+            replies.extend(job(&conn));
+            taken += 1;
+            if taken < MAX_GROUP {
+                next = rx.try_recv().ok();
+            }
+        }
+        let committed = conn
+            .execute_batch("COMMIT")
+            .map_err(DbError::from)
+            .inspect_err(|e| {
+                tracing::error!(error = %e, "commit failed");
+                let _ = conn.execute_batch("ROLLBACK");
+            });
+        for reply in replies.drain(..) {
+            reply(committed.clone());
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn writes_commit_and_failures_stay_isolated() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.db")).unwrap();
+        let mut handles = Vec::new();
+        for i in 0..200 {
+            let db = db.clone();
+            handles.push(tokio::spawn(async move {
+                db.write(move |c| {
+                    if i == 7 {
+                        c.execute("INSERT INTO nope VALUES (1)", [])?;
+                    }
+                    c.execute(
+                        "INSERT INTO counters(name, value) VALUES (?1, 1)",
+                        [format!("c{i}")],
+                    )
+                })
+                .await
+            }));
+        }
+        let mut failures = 0;
+        for h in handles {
+            if h.await.unwrap().is_err() {
+                failures += 1;
+            }
+        }
+        assert_eq!(failures, 1);
+        let n: i64 = db
+            .read(|c| c.query_row("SELECT count(*) FROM counters", [], |r| r.get(0)))
+            .await
+            .unwrap();
+        assert_eq!(n, 199);
+    }
+}
