@@ -12,7 +12,11 @@ use bluehook::provider::{sample_names, sample_request, SampleOptions};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "bluehook", version, about = "Verified, idempotent, durable webhooks for messaging providers")]
+#[command(
+    name = "bluehook",
+    version,
+    about = "Verified, idempotent, durable webhooks for messaging providers"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -102,9 +106,22 @@ async fn main() -> ExitCode {
                 }
                 return ExitCode::SUCCESS;
             }
-            send(&sample, url, secret, SampleOptions { status, handle, content }, &data_dir).await
+            send(
+                &sample,
+                url,
+                secret,
+                SampleOptions {
+                    status,
+                    handle,
+                    content,
+                },
+                &data_dir,
+            )
+            .await
         }
-        Command::Stats { data_dir, json } => stats(&data_dir, json).await.map(|_| ExitCode::SUCCESS),
+        Command::Stats { data_dir, json } => {
+            stats(&data_dir, json).await.map(|_| ExitCode::SUCCESS)
+        }
     };
     match result {
         Ok(code) => code,
@@ -123,7 +140,10 @@ async fn send(
     data_dir: &std::path::Path,
 ) -> anyhow::Result<ExitCode> {
     let (provider, event) = sample.split_once('.').with_context(|| {
-        format!("expected <provider>.<event>; known: {}", sample_names().join(", "))
+        format!(
+            "expected <provider>.<event>; known: {}",
+            sample_names().join(", ")
+        )
     })?;
     let secret = match secret {
         Some(s) => s,
@@ -136,10 +156,13 @@ async fn send(
                 )
             })?,
     };
-    let req = sample_request(provider, event, &opts, &Secret::new(secret)).map_err(anyhow::Error::msg)?;
+    let req =
+        sample_request(provider, event, &opts, &Secret::new(secret)).map_err(anyhow::Error::msg)?;
     let base = url.unwrap_or_else(|| format!("http://127.0.0.1:3000/webhooks/{provider}"));
     let url = match &req.path_suffix {
-        Some(suffix) if ends_with_source(&base) => format!("{}{suffix}", base.trim_end_matches('/')),
+        Some(suffix) if ends_with_source(&base) => {
+            format!("{}{suffix}", base.trim_end_matches('/'))
+        }
         _ => base,
     };
     let client = reqwest::Client::builder()
@@ -209,7 +232,9 @@ async fn stats(data_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
 mod tests {
     #[test]
     fn source_urls_get_the_type_appended() {
-        assert!(super::ends_with_source("http://127.0.0.1:3000/webhooks/sendblue"));
+        assert!(super::ends_with_source(
+            "http://127.0.0.1:3000/webhooks/sendblue"
+        ));
         assert!(super::ends_with_source("http://h/webhooks/sb/"));
         assert!(!super::ends_with_source("http://h/webhooks/sb/outbound"));
         assert!(!super::ends_with_source("http://h/hooks"));

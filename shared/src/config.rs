@@ -21,7 +21,9 @@ pub enum ConfigError {
     Invalid(String),
     #[error("secret of source `{source_name}`: environment variable `{var}` is not set")]
     MissingEnv { source_name: String, var: String },
-    #[error("secret of source `{source_name}`: SSM parameter `{name}` could not be read: {reason}")]
+    #[error(
+        "secret of source `{source_name}`: SSM parameter `{name}` could not be read: {reason}"
+    )]
     Ssm {
         source_name: String,
         name: String,
@@ -112,7 +114,9 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         if self.ingress.max_body_bytes == 0 {
-            return Err(ConfigError::Invalid("ingress.max_body_bytes must be > 0".into()));
+            return Err(ConfigError::Invalid(
+                "ingress.max_body_bytes must be > 0".into(),
+            ));
         }
         if self.ingress.claim_lease_secs == 0 || self.ingress.idempotency_ttl_secs == 0 {
             return Err(ConfigError::Invalid(
@@ -120,7 +124,9 @@ impl Config {
             ));
         }
         if self.queue.max_receive_count == 0 {
-            return Err(ConfigError::Invalid("queue.max_receive_count must be > 0".into()));
+            return Err(ConfigError::Invalid(
+                "queue.max_receive_count must be > 0".into(),
+            ));
         }
         for name in self.sources.keys() {
             if !valid_source_name(name) {
@@ -235,11 +241,14 @@ pub async fn resolve_secrets(
                     name: name.clone(),
                     reason: "no AWS access configured".into(),
                 })?;
-                let value = reader.get_secure(&name).await.map_err(|reason| ConfigError::Ssm {
-                    source_name: source_name.to_owned(),
-                    name: name.clone(),
-                    reason,
-                })?;
+                let value = reader
+                    .get_secure(&name)
+                    .await
+                    .map_err(|reason| ConfigError::Ssm {
+                        source_name: source_name.to_owned(),
+                        name: name.clone(),
+                        reason,
+                    })?;
                 out.push(Secret::new(value));
             }
         }
@@ -305,7 +314,11 @@ to = ["sms_fallback", "crm", "analytics"]
         std::env::set_var("BLUEHOOK_TEST_SECRET_A", "from-env");
         let got = resolve_secrets(
             "s",
-            &["inline-1".into(), "env:BLUEHOOK_TEST_SECRET_A".into(), "".into()],
+            &[
+                "inline-1".into(),
+                "env:BLUEHOOK_TEST_SECRET_A".into(),
+                "".into(),
+            ],
             None,
         )
         .await
@@ -315,7 +328,9 @@ to = ["sms_fallback", "crm", "analytics"]
             .await
             .unwrap_err();
         assert!(err.to_string().contains("BLUEHOOK_TEST_SECRET_MISSING"));
-        let err = resolve_secrets("s", &["ssm:/x".into()], None).await.unwrap_err();
+        let err = resolve_secrets("s", &["ssm:/x".into()], None)
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("/x"));
     }
 

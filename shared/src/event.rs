@@ -328,11 +328,33 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&e.to_json()).unwrap();
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
         let mut expected = vec![
-            "schema_version", "id", "idempotency_key", "source", "provider", "provider_event",
-            "kind", "status", "raw_status", "direction", "message_handle", "from_number",
-            "to_number", "contact_number", "line_number", "content", "media_url", "service",
-            "group_id", "participants", "error_code", "error_message", "was_downgraded",
-            "opted_out", "occurred_at", "received_at", "raw_body",
+            "schema_version",
+            "id",
+            "idempotency_key",
+            "source",
+            "provider",
+            "provider_event",
+            "kind",
+            "status",
+            "raw_status",
+            "direction",
+            "message_handle",
+            "from_number",
+            "to_number",
+            "contact_number",
+            "line_number",
+            "content",
+            "media_url",
+            "service",
+            "group_id",
+            "participants",
+            "error_code",
+            "error_message",
+            "was_downgraded",
+            "opted_out",
+            "occurred_at",
+            "received_at",
+            "raw_body",
         ];
         let mut got = keys.clone();
         got.sort_unstable();
@@ -348,7 +370,14 @@ mod tests {
 
     #[test]
     fn empty_event_keeps_every_key_as_null() {
-        let e = Event::new("s", "p", EventKind::Unknown, "k".into(), Utc::now(), "{}".into());
+        let e = Event::new(
+            "s",
+            "p",
+            EventKind::Unknown,
+            "k".into(),
+            Utc::now(),
+            "{}".into(),
+        );
         let v: serde_json::Value = serde_json::from_str(&e.to_json()).unwrap();
         assert!(v["status"].is_null());
         assert!(v["occurred_at"].is_null());

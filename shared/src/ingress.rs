@@ -9,9 +9,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use chrono::Utc;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
-use serde_json::json;
+use serde::Serialize;
 
-use crate::config::{resolve_secrets, valid_source_name, Config, ConfigError, IngressConfig, SsmReader};
+use crate::config::{
+    resolve_secrets, valid_source_name, Config, ConfigError, IngressConfig, SsmReader,
+};
 use crate::event::Event;
 use crate::idempotency::{Claim, ClaimTimes, IdempotencyStore};
 use crate::metrics::{self, Metrics};
@@ -45,37 +47,47 @@ pub struct IngressResponse {
     /// For 405 answers.
     pub allow: Option<&'static str>,
     pub body: String,
+    /// The stable error code, for error answers.
+    pub error_code: Option<&'static str>,
 }
 
 impl IngressResponse {
-    fn json(status: StatusCode, body: serde_json::Value) -> IngressResponse {
+    fn json(status: StatusCode, body: &impl Serialize) -> IngressResponse {
         IngressResponse {
             status,
             retry_after: None,
             allow: None,
-            body: body.to_string(),
+            body: serde_json::to_string(body).expect("answers serialise"),
+            error_code: None,
         }
     }
 
     /// An error answer: `{"status":"error","error":"<code>","message":"..."}`.
-    pub fn error(status: StatusCode, code: &str, message: impl Into<String>) -> IngressResponse {
-        IngressResponse::json(
+    pub fn error(
+        status: StatusCode,
+        code: &'static str,
+        message: impl AsRef<str>,
+    ) -> IngressResponse {
+        let mut r = IngressResponse::json(
             status,
-            json!({"status": "error", "error": code, "message": message.into()}),
-        )
-    }
-
-    /// The stable error code of an error answer.
-    pub fn error_code(&self) -> Option<String> {
-        let v: serde_json::Value = serde_json::from_str(&self.body).ok()?;
-        (v["status"] == "error").then(|| v["error"].as_str().map(str::to_owned))?
+            &ErrorAnswer {
+                status: "error",
+                error: code,
+                message: message.as_ref(),
+            },
+        );
+        r.error_code = Some(code);
+        r
     }
 
     pub fn into_http(self) -> http::Response<String> {
         let mut r = http::Response::new(self.body);
         *r.status_mut() = self.status;
         let h = r.headers_mut();
-        h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         if let Some(s) = self.retry_after {
             h.insert(http::header::RETRY_AFTER, HeaderValue::from(s));
         }
@@ -116,7 +128,10 @@ pub struct Ingress {
 /// A request's route, once the path has been read.
 enum Route<'a> {
     Health,
-    Webhook { source: &'a str, type_hint: Option<&'a str> },
+    Webhook {
+        source: &'a str,
+        type_hint: Option<&'a str>,
+    },
 }
 
 fn route(path: &str) -> Option<Route<'_>> {
@@ -167,7 +182,13 @@ impl Ingress {
         match route {
             Route::Health => {
                 if req.method == Method::GET || req.method == Method::HEAD {
-                    IngressResponse::json(StatusCode::OK, json!({"status": "ok"}))
+                    IngressResponse::json(
+                        StatusCode::OK,
+                        &Answer {
+                            status: "ok",
+                            events: None,
+                        },
+                    )
                 } else {
                     let mut r = IngressResponse::error(
                         StatusCode::METHOD_NOT_ALLOWED,
@@ -181,8 +202,9 @@ impl Ingress {
             Route::Webhook { source, type_hint } => {
                 self.metrics.incr(metrics::RECEIVED, 1);
                 let response = self.webhook(&req, source, type_hint).await;
-                if let Some(code) = response.error_code() {
-                    self.metrics.incr(&format!("{}{code}", metrics::REJECTED_PREFIX), 1);
+                if let Some(code) = response.error_code {
+                    self.metrics
+                        .incr(&format!("{}{code}", metrics::REJECTED_PREFIX), 1);
                 }
                 response
             }
@@ -240,15 +262,24 @@ impl Ingress {
             received_at: Utc::now(),
         };
         if let Err(e) = provider.verify(&wreq) {
-            tracing::warn!(source, reason = e.reason(), "webhook refused: not authenticated");
-            self.metrics.incr(&format!("{}{}", metrics::AUTH_PREFIX, e.reason()), 1);
+            tracing::warn!(
+                source,
+                reason = e.reason(),
+                "webhook refused: not authenticated"
+            );
+            self.metrics
+                .incr(&format!("{}{}", metrics::AUTH_PREFIX, e.reason()), 1);
             return IngressResponse::error(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string());
         }
         let events = match provider.parse(&wreq) {
             Ok(Parsed::Events(events)) => events,
             Err(e) => {
                 tracing::warn!(source, error = %e, "webhook refused: unreadable body");
-                return IngressResponse::error(StatusCode::BAD_REQUEST, "bad_request", e.to_string());
+                return IngressResponse::error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    e.to_string(),
+                );
             }
         };
         self.accept(source, events).await
@@ -272,11 +303,11 @@ impl Ingress {
                 Ok(Claim::Acquired(token)) => token,
                 Ok(Claim::Completed) => {
                     tracing::info!(source, event_id = %event.id, "duplicate");
+                    self.metrics.incr(metrics::DUPLICATES, 1);
                     duplicates += 1;
                     continue;
                 }
                 Ok(Claim::InProgress { retry_after }) => {
-                    self.count_outcome(accepted.len(), duplicates);
                     tracing::info!(source, event_id = %event.id, "same event in progress elsewhere");
                     let mut r = IngressResponse::error(
                         StatusCode::SERVICE_UNAVAILABLE,
@@ -287,7 +318,6 @@ impl Ingress {
                     return r;
                 }
                 Err(e) => {
-                    self.count_outcome(accepted.len(), duplicates);
                     tracing::error!(source, event_id = %event.id, error = %e, "claim failed");
                     return unavailable();
                 }
@@ -298,13 +328,19 @@ impl Ingress {
             };
             if let Err(e) = self.queue.send(std::slice::from_ref(&message)).await {
                 tracing::error!(source, event_id = %event.id, error = %e, "enqueue failed; releasing claim");
-                if let Err(e) = self.idempotency.release(&event.idempotency_key, &token).await {
+                if let Err(e) = self
+                    .idempotency
+                    .release(&event.idempotency_key, &token)
+                    .await
+                {
                     // The lease will run out and free the key for the provider's retry.
                     tracing::error!(source, event_id = %event.id, error = %e, "release failed");
                 }
-                self.count_outcome(accepted.len(), duplicates);
                 return unavailable();
             }
+            // Counted before completing: with the embedded store the count then commits no later
+            // than the completion, so an acked event is always in `stats`.
+            self.metrics.incr(metrics::ACCEPTED, 1);
             if let Err(e) = self
                 .idempotency
                 .complete(&event.idempotency_key, &token, times)
@@ -323,22 +359,41 @@ impl Ingress {
             );
             accepted.push(event.id);
         }
-        self.count_outcome(accepted.len(), duplicates);
         if accepted.is_empty() {
-            IngressResponse::json(StatusCode::OK, json!({"status": "duplicate"}))
+            tracing::debug!(source, duplicates, "all duplicates");
+            IngressResponse::json(
+                StatusCode::OK,
+                &Answer {
+                    status: "duplicate",
+                    events: None,
+                },
+            )
         } else {
-            IngressResponse::json(StatusCode::OK, json!({"status": "accepted", "events": accepted}))
+            IngressResponse::json(
+                StatusCode::OK,
+                &Answer {
+                    status: "accepted",
+                    events: Some(&accepted),
+                },
+            )
         }
     }
+}
 
-    fn count_outcome(&self, accepted: usize, duplicates: u64) {
-        if accepted > 0 {
-            self.metrics.incr(metrics::ACCEPTED, accepted as u64);
-        }
-        if duplicates > 0 {
-            self.metrics.incr(metrics::DUPLICATES, duplicates);
-        }
-    }
+/// A 200 answer: `{"status":"accepted","events":[...]}` or `{"status":"duplicate"}`.
+#[derive(Serialize)]
+struct Answer<'a> {
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    events: Option<&'a [String]>,
+}
+
+/// An error answer: `{"status":"error","error":"<code>","message":"..."}`.
+#[derive(Serialize)]
+struct ErrorAnswer<'a> {
+    status: &'a str,
+    error: &'a str,
+    message: &'a str,
 }
 
 fn unavailable() -> IngressResponse {
@@ -359,6 +414,7 @@ mod tests {
     use crate::metrics::MemoryMetrics;
     use crate::provider::sendblue::{Sendblue, SIGNATURE_HEADER};
     use crate::queue::{Delivery, QueueError};
+    use serde_json::json;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Mutex;
 
@@ -439,7 +495,10 @@ mod tests {
     #[tokio::test]
     async fn accepted_then_duplicate() {
         let f = fixture(1024 * 1024);
-        let r = f.ingress.handle(post("/webhooks/sendblue", Some("s3cret"), OUTBOUND)).await;
+        let r = f
+            .ingress
+            .handle(post("/webhooks/sendblue", Some("s3cret"), OUTBOUND))
+            .await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.body);
         let v = body_json(&r);
         assert_eq!(v["status"], "accepted");
@@ -450,7 +509,14 @@ mod tests {
         assert_eq!(ev.id, id);
         assert_eq!(ev.raw_body, OUTBOUND);
 
-        let r = f.ingress.handle(post("/webhooks/sendblue/outbound", Some("s3cret"), OUTBOUND)).await;
+        let r = f
+            .ingress
+            .handle(post(
+                "/webhooks/sendblue/outbound",
+                Some("s3cret"),
+                OUTBOUND,
+            ))
+            .await;
         assert_eq!(r.status, StatusCode::OK);
         assert_eq!(body_json(&r), json!({"status": "duplicate"}));
         assert_eq!(f.queue.sent.lock().unwrap().len(), 1);
@@ -464,21 +530,59 @@ mod tests {
         let f = fixture(2048);
         let big = format!("{{\"content\": \"{}\"}}", "x".repeat(4096));
         let cases: Vec<(IngressRequest, StatusCode, &str)> = vec![
-            (post("/webhooks/sendblue", Some("wrong"), OUTBOUND), StatusCode::UNAUTHORIZED, "unauthorized"),
-            (post("/webhooks/sendblue", None, OUTBOUND), StatusCode::UNAUTHORIZED, "unauthorized"),
-            (post("/webhooks/sendblue", Some("s3cret"), "not json"), StatusCode::BAD_REQUEST, "bad_request"),
-            (post("/webhooks/sendblue", Some("s3cret"), &big), StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
-            (post("/webhooks/nosuch", Some("s3cret"), OUTBOUND), StatusCode::NOT_FOUND, "unknown_source"),
-            (post("/webhooks/..", Some("s3cret"), OUTBOUND), StatusCode::NOT_FOUND, "unknown_source"),
-            (post("/webhooks/sendblue/a/b", Some("s3cret"), OUTBOUND), StatusCode::NOT_FOUND, "not_found"),
-            (post("/elsewhere", Some("s3cret"), OUTBOUND), StatusCode::NOT_FOUND, "not_found"),
             (
-                IngressRequest { method: Method::GET, ..post("/webhooks/sendblue", None, "") },
+                post("/webhooks/sendblue", Some("wrong"), OUTBOUND),
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+            ),
+            (
+                post("/webhooks/sendblue", None, OUTBOUND),
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+            ),
+            (
+                post("/webhooks/sendblue", Some("s3cret"), "not json"),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+            ),
+            (
+                post("/webhooks/sendblue", Some("s3cret"), &big),
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+            ),
+            (
+                post("/webhooks/nosuch", Some("s3cret"), OUTBOUND),
+                StatusCode::NOT_FOUND,
+                "unknown_source",
+            ),
+            (
+                post("/webhooks/..", Some("s3cret"), OUTBOUND),
+                StatusCode::NOT_FOUND,
+                "unknown_source",
+            ),
+            (
+                post("/webhooks/sendblue/a/b", Some("s3cret"), OUTBOUND),
+                StatusCode::NOT_FOUND,
+                "not_found",
+            ),
+            (
+                post("/elsewhere", Some("s3cret"), OUTBOUND),
+                StatusCode::NOT_FOUND,
+                "not_found",
+            ),
+            (
+                IngressRequest {
+                    method: Method::GET,
+                    ..post("/webhooks/sendblue", None, "")
+                },
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
             ),
             (
-                IngressRequest { body: RequestBody::TooLarge, ..post("/webhooks/sendblue", Some("s3cret"), "") },
+                IngressRequest {
+                    body: RequestBody::TooLarge,
+                    ..post("/webhooks/sendblue", Some("s3cret"), "")
+                },
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "too_large",
             ),
@@ -503,7 +607,14 @@ mod tests {
     #[tokio::test]
     async fn verified_unrecognised_json_is_accepted_as_unknown() {
         let f = fixture(4096);
-        let r = f.ingress.handle(post("/webhooks/sendblue", Some("s3cret"), "{\"surprise\": [1]}")).await;
+        let r = f
+            .ingress
+            .handle(post(
+                "/webhooks/sendblue",
+                Some("s3cret"),
+                "{\"surprise\": [1]}",
+            ))
+            .await;
         assert_eq!(r.status, StatusCode::OK);
         let ev = Event::from_json(&f.queue.sent.lock().unwrap()[0].body).unwrap();
         assert_eq!(ev.kind, crate::event::EventKind::Unknown);
@@ -514,12 +625,18 @@ mod tests {
     async fn queue_failure_answers_503_and_releases_the_claim() {
         let f = fixture(4096);
         f.queue.fail.store(true, Ordering::SeqCst);
-        let r = f.ingress.handle(post("/webhooks/sendblue", Some("s3cret"), OUTBOUND)).await;
+        let r = f
+            .ingress
+            .handle(post("/webhooks/sendblue", Some("s3cret"), OUTBOUND))
+            .await;
         assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(r.retry_after, Some(1));
         assert_eq!(body_json(&r)["error"], "unavailable");
         f.queue.fail.store(false, Ordering::SeqCst);
-        let r = f.ingress.handle(post("/webhooks/sendblue", Some("s3cret"), OUTBOUND)).await;
+        let r = f
+            .ingress
+            .handle(post("/webhooks/sendblue", Some("s3cret"), OUTBOUND))
+            .await;
         assert_eq!(body_json(&r)["status"], "accepted", "the retry succeeds");
         assert_eq!(f.queue.sent.lock().unwrap().len(), 1);
     }
@@ -529,7 +646,10 @@ mod tests {
         let f = fixture(10);
         let r = f
             .ingress
-            .handle(IngressRequest { method: Method::GET, ..post("/healthz", None, "") })
+            .handle(IngressRequest {
+                method: Method::GET,
+                ..post("/healthz", None, "")
+            })
             .await;
         assert_eq!(r.status, StatusCode::OK);
         assert_eq!(f.metrics.get("received"), 0);

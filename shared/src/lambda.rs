@@ -48,7 +48,10 @@ pub async fn ingress_from_env() -> anyhow::Result<Ingress> {
     let queue_url = required_env(ENV_EVENTS_QUEUE_URL)?;
     Ok(Ingress::new(
         sources,
-        Arc::new(DynamoIdempotency::new(aws_sdk_dynamodb::Client::new(&aws), table)),
+        Arc::new(DynamoIdempotency::new(
+            aws_sdk_dynamodb::Client::new(&aws),
+            table,
+        )),
         Arc::new(SqsQueue::new(aws_sdk_sqs::Client::new(&aws), queue_url)),
         Arc::new(LogMetrics),
         config.ingress,
@@ -86,7 +89,9 @@ pub fn ingress_request(req: lambda_http::Request, max_body_bytes: usize) -> Ingr
 }
 
 /// The ingress's answer as a lambda_http response.
-pub fn lambda_response(r: crate::ingress::IngressResponse) -> lambda_http::Response<lambda_http::Body> {
+pub fn lambda_response(
+    r: crate::ingress::IngressResponse,
+) -> lambda_http::Response<lambda_http::Body> {
     r.into_http().map(lambda_http::Body::from)
 }
 
@@ -97,7 +102,10 @@ mod tests {
     #[test]
     fn stage_prefix_is_ignored() {
         assert_eq!(routed_path("/prod/webhooks/sendblue"), "/webhooks/sendblue");
-        assert_eq!(routed_path("/webhooks/sendblue/outbound"), "/webhooks/sendblue/outbound");
+        assert_eq!(
+            routed_path("/webhooks/sendblue/outbound"),
+            "/webhooks/sendblue/outbound"
+        );
         assert_eq!(routed_path("/prod/healthz"), "/healthz");
         assert_eq!(routed_path("/other"), "/other");
     }

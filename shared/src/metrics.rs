@@ -85,7 +85,12 @@ impl MemoryMetrics {
 
 impl Metrics for MemoryMetrics {
     fn incr(&self, name: &str, by: u64) {
-        *self.counts.lock().unwrap().entry(name.to_owned()).or_default() += by;
+        *self
+            .counts
+            .lock()
+            .unwrap()
+            .entry(name.to_owned())
+            .or_default() += by;
     }
 }
 
@@ -130,8 +135,10 @@ impl Stats {
                 counters.insert(k, v as u64);
             }
             let get = |k: &str| counters.get(k).copied().unwrap_or(0);
-            let mut rejected: BTreeMap<String, u64> =
-                REJECTION_CODES.iter().map(|c| ((*c).to_owned(), 0)).collect();
+            let mut rejected: BTreeMap<String, u64> = REJECTION_CODES
+                .iter()
+                .map(|c| ((*c).to_owned(), 0))
+                .collect();
             let mut auth_failures = BTreeMap::new();
             for (k, v) in &counters {
                 if let Some(code) = k.strip_prefix(REJECTED_PREFIX) {

@@ -59,7 +59,10 @@ fn held_claim(item: Option<&HashMap<String, AttributeValue>>, now_ms: i64) -> Cl
             retry_after: retry_after(now_ms, now_ms),
         };
     };
-    let state = item.get("state").and_then(|v| v.as_s().ok()).map(String::as_str);
+    let state = item
+        .get("state")
+        .and_then(|v| v.as_s().ok())
+        .map(String::as_str);
     if state == Some("in_progress") {
         let lease = item
             .get("lease_until_ms")
@@ -108,7 +111,12 @@ impl IdempotencyStore for DynamoIdempotency {
         }
     }
 
-    async fn complete(&self, key: &str, token: &ClaimToken, t: ClaimTimes) -> Result<(), StoreError> {
+    async fn complete(
+        &self,
+        key: &str,
+        token: &ClaimToken,
+        t: ClaimTimes,
+    ) -> Result<(), StoreError> {
         let result = self
             .client
             .update_item()
@@ -127,7 +135,10 @@ impl IdempotencyStore for DynamoIdempotency {
         match result {
             Ok(_) => Ok(()),
             Err(SdkError::ServiceError(se))
-                if matches!(se.err(), UpdateItemError::ConditionalCheckFailedException(_)) =>
+                if matches!(
+                    se.err(),
+                    UpdateItemError::ConditionalCheckFailedException(_)
+                ) =>
             {
                 Err(StoreError("claim lost before completion".into()))
             }
@@ -152,7 +163,10 @@ impl IdempotencyStore for DynamoIdempotency {
             Ok(_) => Ok(()),
             // Someone else holds it now (our lease ran out): nothing of ours to give back.
             Err(SdkError::ServiceError(se))
-                if matches!(se.err(), DeleteItemError::ConditionalCheckFailedException(_)) =>
+                if matches!(
+                    se.err(),
+                    DeleteItemError::ConditionalCheckFailedException(_)
+                ) =>
             {
                 Ok(())
             }

@@ -50,7 +50,12 @@ impl IdempotencyStore for MemoryIdempotency {
         Ok(Claim::Acquired(token))
     }
 
-    async fn complete(&self, key: &str, token: &ClaimToken, t: ClaimTimes) -> Result<(), StoreError> {
+    async fn complete(
+        &self,
+        key: &str,
+        token: &ClaimToken,
+        t: ClaimTimes,
+    ) -> Result<(), StoreError> {
         let mut entries = self.entries.lock().unwrap();
         match entries.get_mut(key) {
             Some(e) if &e.token == token && !e.completed => {
@@ -64,7 +69,10 @@ impl IdempotencyStore for MemoryIdempotency {
 
     async fn release(&self, key: &str, token: &ClaimToken) -> Result<(), StoreError> {
         let mut entries = self.entries.lock().unwrap();
-        if entries.get(key).is_some_and(|e| &e.token == token && !e.completed) {
+        if entries
+            .get(key)
+            .is_some_and(|e| &e.token == token && !e.completed)
+        {
             entries.remove(key);
         }
         Ok(())

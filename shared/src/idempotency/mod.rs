@@ -63,9 +63,19 @@ pub struct StoreError(pub String);
 #[async_trait]
 pub trait IdempotencyStore: Send + Sync {
     /// Atomically takes `key` if it is free (see module docs).
-    async fn claim(&self, key: &str, event_id: &str, times: ClaimTimes) -> Result<Claim, StoreError>;
+    async fn claim(
+        &self,
+        key: &str,
+        event_id: &str,
+        times: ClaimTimes,
+    ) -> Result<Claim, StoreError>;
     /// Marks the claim done: later deliveries are duplicates until the key expires.
-    async fn complete(&self, key: &str, token: &ClaimToken, times: ClaimTimes) -> Result<(), StoreError>;
+    async fn complete(
+        &self,
+        key: &str,
+        token: &ClaimToken,
+        times: ClaimTimes,
+    ) -> Result<(), StoreError>;
     /// Gives the key back after a failed enqueue.
     async fn release(&self, key: &str, token: &ClaimToken) -> Result<(), StoreError>;
 }
@@ -76,9 +86,10 @@ pub(crate) fn retry_after(lease_until_ms: i64, now_ms: i64) -> Duration {
     Duration::from_secs(ms.div_ceil(1000).max(1))
 }
 
-/// Behaviour every adapter must show; run by each adapter's tests.
-#[cfg(test)]
-pub(crate) mod contract {
+/// Behaviour every adapter must show; run by each adapter's tests (the DynamoDB one from
+/// `tests/`, against moto).
+#[cfg(any(test, feature = "testing"))]
+pub mod contract {
     use super::*;
 
     fn times(now_ms: i64) -> ClaimTimes {
@@ -89,6 +100,7 @@ pub(crate) mod contract {
         }
     }
 
+    /// Runs the whole protocol against `store`, using keys that start with `prefix`.
     pub async fn run(store: &dyn IdempotencyStore, prefix: &str) {
         let t0 = 1_700_000_000_000;
         let k = format!("{prefix}-k1");
@@ -102,7 +114,10 @@ pub(crate) mod contract {
             other => panic!("expected in progress, got {other:?}"),
         }
         store.complete(&k, &tok, times(t0 + 2_000)).await.unwrap();
-        assert_eq!(store.claim(&k, "e1", times(t0 + 3_000)).await.unwrap(), Claim::Completed);
+        assert_eq!(
+            store.claim(&k, "e1", times(t0 + 3_000)).await.unwrap(),
+            Claim::Completed
+        );
         // A completed key stays a duplicate after the lease would have run out...
         assert_eq!(
             store.claim(&k, "e1", times(t0 + 120_000)).await.unwrap(),
@@ -110,7 +125,10 @@ pub(crate) mod contract {
         );
         // ...until it expires: expiry is checked in the condition, not left to TTL deletion.
         assert!(matches!(
-            store.claim(&k, "e1", times(t0 + 2_000 + 3_601_000)).await.unwrap(),
+            store
+                .claim(&k, "e1", times(t0 + 2_000 + 3_601_000))
+                .await
+                .unwrap(),
             Claim::Acquired(_)
         ));
 

@@ -79,7 +79,12 @@ impl IdempotencyStore for SqliteIdempotency {
         }
     }
 
-    async fn complete(&self, key: &str, token: &ClaimToken, t: ClaimTimes) -> Result<(), StoreError> {
+    async fn complete(
+        &self,
+        key: &str,
+        token: &ClaimToken,
+        t: ClaimTimes,
+    ) -> Result<(), StoreError> {
         let key = key.to_owned();
         let tok = token.0.clone();
         let n = self
@@ -139,7 +144,9 @@ mod tests {
         let mut tasks = Vec::new();
         for _ in 0..50 {
             let s = store.clone();
-            tasks.push(tokio::spawn(async move { s.claim("same", "e", t).await.unwrap() }));
+            tasks.push(tokio::spawn(async move {
+                s.claim("same", "e", t).await.unwrap()
+            }));
         }
         let mut acquired = 0;
         for task in tasks {

@@ -10,14 +10,13 @@ use std::collections::{HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 
 use crate::event::Event;
-use crate::metrics::{self, Metrics};
-use crate::queue::Queue;
+use crate::metrics;
+use crate::queue::{Queue, SqliteQueue};
 
 pub const FILE_NAME: &str = "events.ndjson";
 /// How much of the log's tail is read at start to recognise redelivered events.
@@ -36,7 +35,11 @@ impl EventLog {
     pub fn open(data_dir: &Path) -> io::Result<EventLog> {
         std::fs::create_dir_all(data_dir)?;
         let path = data_dir.join(FILE_NAME);
-        let mut file = OpenOptions::new().create(true).read(true).append(true).open(&path)?;
+        let mut file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(&path)?;
         let tail = read_tail(&mut file)?;
         let mut log = EventLog {
             path,
@@ -136,9 +139,8 @@ fn read_tail(file: &mut File) -> io::Result<Tail> {
 
 /// Drains `queue` into the event log until `shutdown` turns true.
 pub async fn run_worker(
-    queue: Arc<dyn Queue>,
+    queue: SqliteQueue,
     mut log: EventLog,
-    metrics: Arc<dyn Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -184,10 +186,12 @@ pub async fn run_worker(
         };
         log = returned;
         match result {
-            Ok(_) => match queue.delete(&receipts).await {
-                Ok(()) => metrics.incr(metrics::PROCESSED, handled as u64),
-                Err(e) => tracing::error!(error = %e, "event log worker: delete failed"),
-            },
+            Ok(written) => {
+                tracing::debug!(written, handled, "events logged");
+                if let Err(e) = queue.delete_counted(&receipts, metrics::PROCESSED).await {
+                    tracing::error!(error = %e, "event log worker: delete failed");
+                }
+            }
             Err(e) => {
                 tracing::error!(error = %e, "cannot write the event log; events stay queued");
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -211,7 +215,14 @@ mod tests {
     use crate::event::EventKind;
 
     fn ev(key: &str) -> Event {
-        Event::new("s", "p", EventKind::Unknown, key.into(), chrono::Utc::now(), "{}".into())
+        Event::new(
+            "s",
+            "p",
+            EventKind::Unknown,
+            key.into(),
+            chrono::Utc::now(),
+            "{}".into(),
+        )
     }
 
     #[test]

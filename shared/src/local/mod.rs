@@ -109,17 +109,26 @@ pub async fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
     let sources = build_sources(&config, ssm.as_ref().map(|c| c as _)).await?;
     let metrics = Arc::new(SqliteCounters::new(db.clone()));
     let idempotency = SqliteIdempotency::new(db.clone());
-    let queue = Arc::new(SqliteQueue::new(
+    let queue = SqliteQueue::new(
         db.clone(),
         EVENTS_QUEUE,
         Duration::from_secs(config.queue.visibility_timeout_secs),
         config.queue.max_receive_count,
-    ));
+    );
+    // This process is the queue's only consumer: whatever a previous run had in flight when it
+    // stopped goes back to the queue now.
+    let recovered = queue.recover_in_flight().await?;
+    if recovered > 0 {
+        tracing::info!(
+            messages = recovered,
+            "re-queued messages in flight at the last stop"
+        );
+    }
     let ingress = Arc::new(Ingress::new(
         sources,
         Arc::new(idempotency.clone()),
-        queue.clone(),
-        metrics.clone(),
+        Arc::new(queue.clone()),
+        metrics,
         config.ingress.clone(),
     ));
     let log = event_log::EventLog::open(&opts.data_dir)?;
@@ -129,11 +138,18 @@ pub async fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", opts.listen))?;
     let addr: SocketAddr = listener.local_addr()?;
-    print_banner(addr, &opts, &ingress, config_path.as_deref(), dev_secret.as_deref(), &log_path);
+    print_banner(
+        addr,
+        &opts,
+        &ingress,
+        config_path.as_deref(),
+        dev_secret.as_deref(),
+        &log_path,
+    );
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let server = tokio::spawn(server::serve(listener, ingress, stop_rx.clone()));
-    let worker = tokio::spawn(event_log::run_worker(queue, log, metrics, stop_rx.clone()));
+    let worker = tokio::spawn(event_log::run_worker(queue, log, stop_rx.clone()));
     let purge = tokio::spawn(purge_expired_keys(idempotency, stop_rx));
 
     wait_for_signal().await;
@@ -161,7 +177,10 @@ fn print_banner(
     println!("  event log:   {}", log_path.display());
     match config_path {
         Some(p) => println!("  config:      {}", p.display()),
-        None => println!("  config:      none found ({}); using the built-in default", opts.default_config.display()),
+        None => println!(
+            "  config:      none found ({}); using the built-in default",
+            opts.default_config.display()
+        ),
     }
     let mut names: Vec<&str> = ingress.source_names().collect();
     names.sort_unstable();
@@ -169,7 +188,10 @@ fn print_banner(
         println!("  source:      POST {base}/webhooks/{name}");
     }
     if let Some(secret) = dev_secret {
-        println!("  dev secret:  {secret}  (source `{DEFAULT_SOURCE}`, kept in {})", opts.data_dir.join(DEV_SECRET_FILE).display());
+        println!(
+            "  dev secret:  {secret}  (source `{DEFAULT_SOURCE}`, kept in {})",
+            opts.data_dir.join(DEV_SECRET_FILE).display()
+        );
         println!();
         println!("Try it:");
         println!("  bluehook send sendblue.receive --url {base}/webhooks/{DEFAULT_SOURCE} --secret {secret}");

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -22,21 +22,58 @@ use crate::ingress::{Ingress, IngressRequest, RequestBody};
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
-async fn read_body(body: Incoming, headers: &http::HeaderMap, limit: usize) -> RequestBody {
+/// A too-large body up to this size is read and thrown away before the 413 goes out, so that
+/// an ordinary client (which writes its whole body before reading) sees the answer instead of
+/// a reset connection. Beyond it the connection is closed after the answer.
+const DRAIN_MAX: u64 = 4 * 1024 * 1024;
+
+async fn read_body(mut body: Incoming, headers: &http::HeaderMap, limit: usize) -> RequestBody {
     let declared = headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
+    if let Some(n) = declared.filter(|n| *n > limit as u64) {
+        if n <= DRAIN_MAX {
+            drain(&mut body).await;
+        }
         return RequestBody::TooLarge;
     }
-    match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, limit).collect()).await {
-        Err(_) => RequestBody::TimedOut,
-        Ok(Ok(collected)) => RequestBody::Complete(collected.to_bytes()),
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => RequestBody::TooLarge,
-        // The client broke off mid-body: nothing to answer it with that it would read.
-        Ok(Err(_)) => RequestBody::TimedOut,
+    let read = tokio::time::timeout(BODY_TIMEOUT, async {
+        let mut buf = bytes::BytesMut::with_capacity(declared.unwrap_or(0) as usize);
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else {
+                // The client broke off mid-body.
+                return RequestBody::TimedOut;
+            };
+            if let Some(data) = frame.data_ref() {
+                if buf.len() + data.len() > limit {
+                    return RequestBody::TooLarge;
+                }
+                buf.extend_from_slice(data);
+            }
+        }
+        RequestBody::Complete(buf.freeze())
+    })
+    .await
+    .unwrap_or(RequestBody::TimedOut);
+    if matches!(read, RequestBody::TooLarge) {
+        drain(&mut body).await;
     }
+    read
+}
+
+/// Reads and discards up to [`DRAIN_MAX`] bytes of a body, within the body deadline.
+async fn drain(body: &mut Incoming) {
+    let _ = tokio::time::timeout(BODY_TIMEOUT, async {
+        let mut seen = 0u64;
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |d| d.len() as u64);
+            if seen > DRAIN_MAX {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 async fn serve_one(
@@ -58,7 +95,11 @@ async fn serve_one(
 
 /// Serves `ingress` on `listener` until `shutdown` turns true, then lets in-flight requests
 /// finish (up to 10 s).
-pub async fn serve(listener: TcpListener, ingress: Arc<Ingress>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    ingress: Arc<Ingress>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let graceful = GracefulShutdown::new();
     loop {
         let (stream, peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
@@ -90,7 +131,10 @@ pub async fn serve(listener: TcpListener, ingress: Arc<Ingress>, mut shutdown: w
         });
     }
     drop(listener);
-    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("some connections were still open after 10 s; closing them");
     }
 }

@@ -10,7 +10,9 @@ use super::{
     SampleRequest, WebhookRequest,
 };
 use crate::config::{ConfigError, Secret, SourceConfig};
-use crate::event::{body_digest, truncate_to_millis, Direction, Event, EventKind, MessageStatus, Service};
+use crate::event::{
+    body_digest, truncate_to_millis, Direction, Event, EventKind, MessageStatus, Service,
+};
 
 pub const NAME: &str = "sendblue";
 pub const SIGNATURE_HEADER: &str = "sb-signing-secret";
@@ -314,7 +316,10 @@ fn idempotency_key(source: &str, kind: WebhookType, b: &Body, raw: &[u8]) -> Str
         }
         WebhookType::TypingIndicator => format!(
             "{source}:typing:{}:{}:{}",
-            b.number.as_deref().or(b.from_number.as_deref()).unwrap_or(""),
+            b.number
+                .as_deref()
+                .or(b.from_number.as_deref())
+                .unwrap_or(""),
             b.is_typing.unwrap_or(false),
             b.timestamp.as_deref().unwrap_or("")
         ),
@@ -347,9 +352,10 @@ fn fill_common(ev: &mut Event, kind: WebhookType, b: Body) {
     };
     ev.direction = direction;
     if matches!(kind, WebhookType::Receive | WebhookType::Outbound) {
-        let raw_status = b.status.clone().or_else(|| {
-            (kind == WebhookType::Receive).then(|| "RECEIVED".to_owned())
-        });
+        let raw_status = b
+            .status
+            .clone()
+            .or_else(|| (kind == WebhookType::Receive).then(|| "RECEIVED".to_owned()));
         ev.status = raw_status.as_deref().map(normalise_status);
         ev.raw_status = b.status;
     } else {
@@ -459,12 +465,18 @@ pub fn sample_body(kind: WebhookType, opts: &SampleOptions) -> serde_json::Value
         .clone()
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let mut v: serde_json::Value = match kind {
-        WebhookType::Receive => serde_json::from_str(include_str!("../../testdata/sendblue/receive.json")),
-        WebhookType::Outbound => serde_json::from_str(include_str!("../../testdata/sendblue/outbound.json")),
-        WebhookType::TypingIndicator => {
-            serde_json::from_str(include_str!("../../testdata/sendblue/typing_indicator.json"))
+        WebhookType::Receive => {
+            serde_json::from_str(include_str!("../../testdata/sendblue/receive.json"))
         }
-        WebhookType::CallLog => serde_json::from_str(include_str!("../../testdata/sendblue/call_log.json")),
+        WebhookType::Outbound => {
+            serde_json::from_str(include_str!("../../testdata/sendblue/outbound.json"))
+        }
+        WebhookType::TypingIndicator => serde_json::from_str(include_str!(
+            "../../testdata/sendblue/typing_indicator.json"
+        )),
+        WebhookType::CallLog => {
+            serde_json::from_str(include_str!("../../testdata/sendblue/call_log.json"))
+        }
         // Not public: an illustrative object, which the receiver keeps whole whatever it holds.
         WebhookType::LineBlocked | WebhookType::LineAssigned | WebhookType::ContactCreated => {
             Ok(serde_json::json!({
@@ -563,16 +575,31 @@ mod tests {
         let rotated = headers(Some("old-one"));
         assert_eq!(p.verify(&req(&rotated, "{}", None)), Ok(()));
         let wrong = headers(Some("new-onf"));
-        assert_eq!(p.verify(&req(&wrong, "{}", None)), Err(AuthError::BadSignature));
+        assert_eq!(
+            p.verify(&req(&wrong, "{}", None)),
+            Err(AuthError::BadSignature)
+        );
         let prefix = headers(Some("new-on"));
-        assert_eq!(p.verify(&req(&prefix, "{}", None)), Err(AuthError::BadSignature));
+        assert_eq!(
+            p.verify(&req(&prefix, "{}", None)),
+            Err(AuthError::BadSignature)
+        );
         let missing = headers(None);
-        assert_eq!(p.verify(&req(&missing, "{}", None)), Err(AuthError::MissingSignature));
+        assert_eq!(
+            p.verify(&req(&missing, "{}", None)),
+            Err(AuthError::MissingSignature)
+        );
         let empty = Sendblue::new(vec![], true);
-        assert_eq!(empty.verify(&req(&ok, "{}", None)), Err(AuthError::NoSecrets));
+        assert_eq!(
+            empty.verify(&req(&ok, "{}", None)),
+            Err(AuthError::NoSecrets)
+        );
         let mut dup = headers(Some("new-one"));
         dup.append(SIGNATURE_HEADER, "new-one".parse().unwrap());
-        assert_eq!(p.verify(&req(&dup, "{}", None)), Err(AuthError::DuplicateHeader));
+        assert_eq!(
+            p.verify(&req(&dup, "{}", None)),
+            Err(AuthError::DuplicateHeader)
+        );
     }
 
     #[test]
@@ -580,7 +607,10 @@ mod tests {
         let p = Sendblue::new(vec![Secret::new("s3cret")], false);
         assert_eq!(p.verify(&req(&headers(None), "{}", None)), Ok(()));
         let wrong = headers(Some("nope"));
-        assert_eq!(p.verify(&req(&wrong, "{}", None)), Err(AuthError::BadSignature));
+        assert_eq!(
+            p.verify(&req(&wrong, "{}", None)),
+            Err(AuthError::BadSignature)
+        );
     }
 
     #[test]
@@ -639,11 +669,17 @@ mod tests {
     #[test]
     fn statuses_of_one_handle_are_distinct_events() {
         let sent = parse(OUTBOUND, Some("outbound"));
-        let delivered = parse(&OUTBOUND.replace("\"SENT\"", "\"DELIVERED\""), Some("outbound"));
+        let delivered = parse(
+            &OUTBOUND.replace("\"SENT\"", "\"DELIVERED\""),
+            Some("outbound"),
+        );
         assert_ne!(sent.idempotency_key, delivered.idempotency_key);
         assert_ne!(sent.id, delivered.id);
         assert_eq!(delivered.status, Some(MessageStatus::Delivered));
-        let again = parse(&OUTBOUND.replace("\"SENT\"", "\"DELIVERED\""), Some("outbound"));
+        let again = parse(
+            &OUTBOUND.replace("\"SENT\"", "\"DELIVERED\""),
+            Some("outbound"),
+        );
         assert_eq!(again.id, delivered.id, "same event, same id");
     }
 
@@ -677,7 +713,10 @@ mod tests {
         let body = OUTBOUND
             .replace("\"SENT\"", "\"ERROR\"")
             .replace("\"error_code\": null", "\"error_code\": 10001")
-            .replace("\"error_message\": null", "\"error_message\": \"failed to send\"");
+            .replace(
+                "\"error_message\": null",
+                "\"error_message\": \"failed to send\"",
+            );
         let e = parse(&body, Some("outbound"));
         assert_eq!(e.status, Some(MessageStatus::Failed));
         assert_eq!(e.error_code.as_deref(), Some("10001"));
@@ -692,7 +731,10 @@ mod tests {
         assert_eq!(c.direction, Some(Direction::Inbound));
         assert_eq!(c.raw_status.as_deref(), Some("COMPLETED"));
         assert_eq!(c.status, None);
-        assert_eq!(c.occurred_at.unwrap().to_rfc3339(), "2026-02-07T12:00:00+00:00");
+        assert_eq!(
+            c.occurred_at.unwrap().to_rfc3339(),
+            "2026-02-07T12:00:00+00:00"
+        );
 
         let t = parse(TYPING, None);
         assert_eq!(t.kind, EventKind::Typing);
@@ -711,7 +753,10 @@ mod tests {
             let body = r#"{"whatever": {"nested": [1, 2]}, "number": "+1555"}"#;
             let e = parse(body, Some(hint));
             assert_eq!(e.kind, kind);
-            assert_eq!(e.idempotency_key, format!("sb:body:{}", body_digest(body.as_bytes())));
+            assert_eq!(
+                e.idempotency_key,
+                format!("sb:body:{}", body_digest(body.as_bytes()))
+            );
             assert_eq!(e.raw_body, body);
         }
     }
@@ -776,7 +821,10 @@ mod tests {
             let s = sample(name, &SampleOptions::default(), &secret).unwrap();
             let mut h = HeaderMap::new();
             for (k, v) in &s.headers {
-                h.insert(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+                h.insert(
+                    http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    v.parse().unwrap(),
+                );
             }
             let body = String::from_utf8(s.body.clone()).unwrap();
             let hint = s.path_suffix.as_deref().map(|p| p.trim_start_matches('/'));

@@ -67,7 +67,12 @@ impl SqliteQueue {
                 )?;
                 let rows = select
                     .query_map(params![name, now, max as i64], |r| {
-                        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?))
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, String>(2)?,
+                            r.get::<_, i64>(3)?,
+                        ))
                     })?
                     .collect::<Result<Vec<_>, _>>()?;
                 let mut update = c.prepare_cached(
@@ -88,6 +93,46 @@ impl SqliteQueue {
                 Ok(out)
             })
             .await
+            .map_err(qerr)
+    }
+
+    /// Deletes processed messages and adds how many to the counter `counter`, in one
+    /// transaction: the count moves exactly when the messages leave the queue.
+    pub async fn delete_counted(
+        &self,
+        receipts: &[String],
+        counter: &'static str,
+    ) -> Result<(), QueueError> {
+        let receipts = receipts.to_vec();
+        self.db
+            .write(move |c| {
+                let deleted = delete_receipts(c, &receipts)?;
+                c.execute(
+                    "INSERT INTO counters(name, value) VALUES (?1, ?2)
+                     ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+                    params![counter, deleted as i64],
+                )?;
+                Ok(())
+            })
+            .await
+            .map_err(qerr)
+    }
+
+    /// Makes every in-flight message visible again at once. For a restart of the only consumer:
+    /// what the previous process had received and not deleted is handed out again now rather
+    /// than after the visibility timeout. Returns how many.
+    pub async fn recover_in_flight(&self) -> Result<u64, QueueError> {
+        let name = self.name.clone();
+        self.db
+            .write(move |c| {
+                c.execute(
+                    "UPDATE queue_messages SET visible_at_ms = ?2, receipt = NULL
+                     WHERE queue = ?1 AND receipt IS NOT NULL AND visible_at_ms > ?2",
+                    params![name, now_ms()],
+                )
+            })
+            .await
+            .map(|n| n as u64)
             .map_err(qerr)
     }
 
@@ -118,6 +163,22 @@ impl SqliteQueue {
             .map_err(qerr)?;
         Ok(moved as u64)
     }
+}
+
+/// Deletes the messages of still-current receipts; returns how many went.
+fn delete_receipts(c: &rusqlite::Connection, receipts: &[String]) -> rusqlite::Result<usize> {
+    let mut delete =
+        c.prepare_cached("DELETE FROM queue_messages WHERE seq = ?1 AND receipt = ?2")?;
+    let mut deleted = 0;
+    for r in receipts {
+        let seq: i64 = r
+            .split(':')
+            .next()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(-1);
+        deleted += delete.execute(params![seq, r])?;
+    }
+    Ok(deleted)
 }
 
 /// Name of the dead-letter queue of `queue`.
@@ -178,16 +239,7 @@ impl Queue for SqliteQueue {
     async fn delete(&self, receipts: &[String]) -> Result<(), QueueError> {
         let receipts = receipts.to_vec();
         self.db
-            .write(move |c| {
-                let mut delete = c.prepare_cached(
-                    "DELETE FROM queue_messages WHERE seq = ?1 AND receipt = ?2",
-                )?;
-                for r in &receipts {
-                    let seq: i64 = r.split(':').next().and_then(|s| s.parse().ok()).unwrap_or(-1);
-                    delete.execute(params![seq, r])?;
-                }
-                Ok(())
-            })
+            .write(move |c| delete_receipts(c, &receipts).map(|_| ()))
             .await
             .map_err(qerr)
     }

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need (a Python venv with moto's server, from PyPI),
+# starts moto on a free loopback port, runs every test of the workspace, and stops moto.
+# Extra arguments go to the test runner (e.g. a test name filter).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+venv="${BLUEHOOK_VENV:-.venv}"
+if [ ! -x "$venv/bin/moto_server" ]; then
+  echo "==> installing moto[server] into $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check 'moto[server]>=5.1,<6'
+fi
+
+port="$("$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+mkdir -p target
+"$venv/bin/moto_server" -H 127.0.0.1 -p "$port" >target/moto.log 2>&1 &
+moto_pid=$!
+trap 'kill "$moto_pid" 2>/dev/null || true' EXIT
+
+"$venv/bin/python" - "$port" <<'PY'
+import sys, time, urllib.request
+url = f"http://127.0.0.1:{sys.argv[1]}/moto-api/"
+for _ in range(150):
+    try:
+        urllib.request.urlopen(url, timeout=1)
+        sys.exit(0)
+    except Exception:
+        time.sleep(0.2)
+sys.exit("moto did not start; see target/moto.log")
+PY
+echo "==> moto on 127.0.0.1:$port"
+
+export BLUEHOOK_TEST_AWS_ENDPOINT="http://127.0.0.1:$port"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --all-targets --no-fail-fast "$@"
+else
+  cargo test --workspace --no-fail-fast "$@"
+fi

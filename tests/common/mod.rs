@@ -1,0 +1,184 @@
+//! Helpers shared by the integration tests: moto (started by `scripts/test.sh`), AWS clients
+//! pointed at it, and the `bluehook` binary as a real process.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+};
+
+/// moto's endpoint. The tests need it: run them with `./scripts/test.sh`.
+pub fn moto_endpoint() -> String {
+    std::env::var("BLUEHOOK_TEST_AWS_ENDPOINT").expect(
+        "BLUEHOOK_TEST_AWS_ENDPOINT is not set: run the tests with ./scripts/test.sh, which starts moto",
+    )
+}
+
+pub async fn aws_config(endpoint: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+            "testing", "testing", None, None, "tests",
+        ))
+        .retry_config(aws_config::retry::RetryConfig::disabled())
+        .timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                .operation_timeout(Duration::from_secs(10))
+                .connect_timeout(Duration::from_secs(2))
+                .build(),
+        )
+        .load()
+        .await
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
+}
+
+/// Creates an idempotency table as the template declares it (key `pk`).
+pub async fn create_idempotency_table(client: &aws_sdk_dynamodb::Client, name: &str) {
+    client
+        .create_table()
+        .table_name(name)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("pk")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .unwrap(),
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("pk")
+                .key_type(KeyType::Hash)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .expect("create table");
+}
+
+pub async fn create_queue(client: &aws_sdk_sqs::Client, name: &str) -> String {
+    client
+        .create_queue()
+        .queue_name(name)
+        .send()
+        .await
+        .expect("create queue")
+        .queue_url
+        .unwrap()
+}
+
+/// Every message in the queue (received and deleted).
+pub async fn drain_queue(client: &aws_sdk_sqs::Client, url: &str) -> Vec<String> {
+    let mut bodies = Vec::new();
+    loop {
+        let out = client
+            .receive_message()
+            .queue_url(url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(0)
+            .send()
+            .await
+            .unwrap();
+        let msgs = out.messages.unwrap_or_default();
+        if msgs.is_empty() {
+            return bodies;
+        }
+        for m in msgs {
+            client
+                .delete_message()
+                .queue_url(url)
+                .receipt_handle(m.receipt_handle.unwrap())
+                .send()
+                .await
+                .unwrap();
+            bodies.push(m.body.unwrap());
+        }
+    }
+}
+
+/// A running `bluehook dev`.
+pub struct DevProcess {
+    pub child: Child,
+    pub base_url: String,
+}
+
+impl DevProcess {
+    pub fn start(data_dir: &Path, extra: &[&str]) -> DevProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_bluehook"))
+            .arg("dev")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(extra)
+            .current_dir(data_dir)
+            .env("BLUEHOOK_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start bluehook dev");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let base_url = loop {
+            let line = lines
+                .next()
+                .expect("bluehook dev exited before listening")
+                .unwrap();
+            if let Some(url) = line.strip_prefix("bluehook dev listening on ") {
+                break url.trim().to_owned();
+            }
+        };
+        // Keep reading stdout so the process never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        DevProcess { child, base_url }
+    }
+
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap(); // SIGKILL
+        self.child.wait().unwrap();
+    }
+
+    /// Ctrl-C (SIGINT) and wait for a clean exit.
+    pub fn interrupt(mut self) -> std::process::ExitStatus {
+        Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for DevProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `bluehook stats --json` for a data folder.
+pub fn stats(data_dir: &Path) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_bluehook"))
+        .args(["stats", "--json", "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}

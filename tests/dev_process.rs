@@ -1,0 +1,346 @@
+//! `bluehook dev` as a real process over real HTTP: acked events survive kill -9, counts
+//! survive restarts, bad input is refused with its code, Ctrl-C stops cleanly.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bluehook::local::event_log;
+use common::{stats, DevProcess};
+
+const OUTBOUND: &str = include_str!("../shared/testdata/sendblue/outbound.json");
+
+fn body(handle: &str, status: &str) -> String {
+    OUTBOUND
+        .replace("5a17319e-cbcf-443e-897e-d8b0c04b1b09", handle)
+        .replace("\"SENT\"", &format!("\"{status}\""))
+}
+
+fn secret(dir: &std::path::Path) -> String {
+    std::fs::read_to_string(dir.join("dev-secret"))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    secret: &str,
+    body: String,
+) -> reqwest::Result<(u16, serde_json::Value)> {
+    let r = client
+        .post(url)
+        .header("sb-signing-secret", secret)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await?;
+    let status = r.status().as_u16();
+    let v = r.json().await.unwrap_or(serde_json::Value::Null);
+    Ok((status, v))
+}
+
+fn wait_until_drained(dir: &std::path::Path) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = stats(dir);
+        if s["queued"] == 0 {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "queue never drained: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acked_events_survive_kill_9_and_reach_the_event_log_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = DevProcess::start(dir.path(), &[]);
+    let url = format!("{}/webhooks/sendblue/outbound", dev.base_url);
+    let secret = secret(dir.path());
+
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let counter = Arc::new(AtomicUsize::new(0));
+    let mut senders = Vec::new();
+    for _ in 0..8 {
+        let (acked, counter, url, secret) =
+            (acked.clone(), counter.clone(), url.clone(), secret.clone());
+        senders.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            loop {
+                let n = counter.fetch_add(1, Ordering::SeqCst);
+                if n >= 5_000 {
+                    return;
+                }
+                match post(&client, &url, &secret, body(&format!("h-{n}"), "DELIVERED")).await {
+                    Ok((200, v)) if v["status"] == "accepted" => {
+                        acked
+                            .lock()
+                            .unwrap()
+                            .push(v["events"][0].as_str().unwrap().to_owned());
+                    }
+                    Ok((status, v)) => panic!("unexpected answer {status} {v}"),
+                    // The process was killed under us: this request was never acked.
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+    // Kill in the middle of the load.
+    while acked.lock().unwrap().len() < 300 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    dev.kill9();
+    for s in senders {
+        s.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() >= 300);
+
+    let dev = DevProcess::start(dir.path(), &[]);
+    let s = wait_until_drained(dir.path());
+    let logged = event_log::read_all(&dir.path().join("events.ndjson")).unwrap();
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for e in &logged {
+        *seen.entry(e.id.as_str()).or_default() += 1;
+    }
+    assert!(seen.values().all(|&n| n == 1), "no event logged twice");
+    for id in &acked {
+        assert_eq!(
+            seen.get(id.as_str()),
+            Some(&1),
+            "acked event {id} is in the log"
+        );
+    }
+    assert!(s["accepted"].as_u64().unwrap() >= acked.len() as u64, "{s}");
+    assert_eq!(s["processed"].as_u64().unwrap(), logged.len() as u64, "{s}");
+    assert_eq!(s["dead_lettered"], 0);
+
+    // Idempotency keys survived too: a provider retry of an acked event is a duplicate.
+    let client = reqwest::Client::new();
+    let url = format!("{}/webhooks/sendblue/outbound", dev.base_url);
+    let (status, v) = post(&client, &url, &secret, body("h-0", "DELIVERED"))
+        .await
+        .unwrap();
+    assert_eq!((status, v["status"].as_str()), (200, Some("duplicate")));
+    assert!(dev.interrupt().success());
+}
+
+#[tokio::test]
+async fn bad_input_over_http_is_refused_with_its_code_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = DevProcess::start(dir.path(), &[]);
+    let base = dev.base_url.clone();
+    let secret = secret(dir.path());
+    let client = reqwest::Client::new();
+    let url = format!("{base}/webhooks/sendblue");
+
+    let cases: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
+        (
+            client
+                .post(&url)
+                .header("sb-signing-secret", "wrong")
+                .body(OUTBOUND),
+            401,
+            "unauthorized",
+        ),
+        (client.post(&url).body(OUTBOUND), 401, "unauthorized"),
+        (
+            client
+                .post(&url)
+                .header("sb-signing-secret", &secret)
+                .body("not json"),
+            400,
+            "bad_request",
+        ),
+        (
+            client
+                .post(&url)
+                .header("sb-signing-secret", &secret)
+                .body(vec![b'{'; 300 * 1024]),
+            413,
+            "too_large",
+        ),
+        (
+            client.post(format!("{base}/webhooks/nosuch")).body("{}"),
+            404,
+            "unknown_source",
+        ),
+        (client.get(&url), 405, "method_not_allowed"),
+        (client.put(&url).body("{}"), 405, "method_not_allowed"),
+    ];
+    for (req, status, code) in cases {
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status().as_u16(), status);
+        assert_eq!(r.headers()["content-type"], "application/json");
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["status"], "error");
+        assert_eq!(v["error"], code);
+    }
+    let health = client.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+
+    // A body at exactly the limit is read (and then judged on its content).
+    let at_limit = format!("{{\"pad\": \"{}\"}}", "x".repeat(256 * 1024 - 11));
+    assert_eq!(at_limit.len(), 256 * 1024);
+    let r = client
+        .post(&url)
+        .header("sb-signing-secret", &secret)
+        .body(at_limit)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        200,
+        "a verified unknown shape is accepted"
+    );
+
+    assert!(dev.interrupt().success());
+    let s = stats(dir.path());
+    assert_eq!(s["rejected"]["unauthorized"], 2);
+    assert_eq!(s["rejected"]["bad_request"], 1);
+    assert_eq!(s["rejected"]["too_large"], 1);
+    assert_eq!(s["rejected"]["unknown_source"], 1);
+    assert_eq!(s["rejected"]["method_not_allowed"], 2);
+    assert_eq!(s["auth_failures"]["bad_signature"], 1);
+    assert_eq!(s["auth_failures"]["missing_signature"], 1);
+    assert_eq!(s["accepted"], 1);
+    assert_eq!(s["received"], 8);
+    let log = std::fs::read_to_string(dir.path().join("events.ndjson")).unwrap();
+    assert_eq!(log.lines().count(), 1, "nothing refused reached the queue");
+}
+
+#[test]
+fn bluehook_send_posts_every_sendblue_sample_and_duplicates_are_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = DevProcess::start(dir.path(), &[]);
+    let url = format!("{}/webhooks/sendblue", dev.base_url);
+    let send = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_bluehook"))
+            .arg("send")
+            .args(args)
+            .args(["--url", &url, "--data-dir"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    for sample in [
+        "receive",
+        "outbound",
+        "typing_indicator",
+        "call_log",
+        "line_blocked",
+        "line_assigned",
+        "contact_created",
+    ] {
+        let (ok, out) = send(&[&format!("sendblue.{sample}")]);
+        assert!(ok, "{sample}: {out}");
+        assert!(out.contains("\"status\":\"accepted\""), "{sample}: {out}");
+        assert!(
+            out.contains(&format!("/webhooks/sendblue/{sample}")),
+            "{out}"
+        );
+    }
+    let args = [
+        "sendblue.outbound",
+        "--handle",
+        "fixed-1",
+        "--status",
+        "READ",
+        "--content",
+        "hello",
+    ];
+    assert!(send(&args).1.contains("accepted"));
+    assert!(send(&args).1.contains("\"status\":\"duplicate\""));
+    let (ok, out) = send(&["sendblue.outbound", "--secret", "wrong"]);
+    assert!(!ok);
+    assert!(out.contains("401"), "{out}");
+
+    assert!(dev.interrupt().success());
+    let log = event_log::read_all(&dir.path().join("events.ndjson")).unwrap();
+    let kinds: Vec<&str> = log.iter().map(|e| e.kind.as_str()).collect();
+    for k in [
+        "message.received",
+        "message.status",
+        "typing",
+        "call_log",
+        "line_blocked",
+        "line_assigned",
+        "contact_created",
+    ] {
+        assert!(kinds.contains(&k), "{k} in {kinds:?}");
+    }
+    let read = log
+        .iter()
+        .find(|e| e.message_handle.as_deref() == Some("fixed-1"))
+        .unwrap();
+    assert_eq!(read.raw_status.as_deref(), Some("READ"));
+    assert_eq!(read.content.as_deref(), Some("hello"));
+}
+
+#[test]
+fn with_a_config_file_it_serves_the_configured_sources_and_rotated_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("custom.toml");
+    std::fs::write(
+        &config,
+        "[ingress]\nmax_body_bytes = 4096\n\n[sources.sb-main]\nprovider = \"sendblue\"\nsecrets = [\"env:BLUEHOOK_TEST_ROTATED\", \"old-secret\"]\n",
+    )
+    .unwrap();
+    std::env::set_var("BLUEHOOK_TEST_ROTATED", "new-secret");
+    let dev = DevProcess::start(dir.path(), &["--config", config.to_str().unwrap()]);
+    let url = format!("{}/webhooks/sb-main/outbound", dev.base_url);
+    let client = reqwest::blocking_client();
+    for (secret, want) in [("new-secret", 200), ("old-secret", 200), ("other", 401)] {
+        let r = client(
+            &url,
+            secret,
+            &body(&uuid::Uuid::new_v4().to_string(), "SENT"),
+        );
+        assert_eq!(r, want, "{secret}");
+    }
+    let big = format!("{{\"pad\": \"{}\"}}", "x".repeat(5000));
+    assert_eq!(
+        client(&url, "new-secret", &big),
+        413,
+        "the configured limit applies"
+    );
+    assert!(
+        !dir.path().join("dev-secret").exists(),
+        "no dev secret with a config file"
+    );
+    assert!(dev.interrupt().success());
+}
+
+mod reqwest {
+    pub use ::reqwest::*;
+
+    /// A tiny blocking POST for the synchronous tests.
+    pub fn blocking_client() -> impl Fn(&str, &str, &str) -> u16 {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let client = Client::new();
+        move |url, secret, body| {
+            rt.block_on(async {
+                client
+                    .post(url)
+                    .header("sb-signing-secret", secret)
+                    .body(body.to_owned())
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            })
+        }
+    }
+}
