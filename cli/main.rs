@@ -5,10 +5,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use bluehook::config::Secret;
+use bluehook::config::{resolve_secrets, Config, Secret, SourceConfig};
 use bluehook::local::{self, DevOptions, EVENTS_QUEUE};
 use bluehook::metrics::Stats;
-use bluehook::provider::{sample_names, sample_request, SampleOptions};
+use bluehook::provider::{self, sample_names, SampleOptions};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -38,15 +38,25 @@ enum Command {
     },
     /// Post a correctly signed sample webhook and print the answer.
     Send {
-        /// `<provider>.<event>`, e.g. `sendblue.receive`, `sendblue.outbound`.
+        /// `<provider>.<event>`, e.g. `sendblue.receive`, `twilio.delivered`; `--list` lists them.
+        #[arg(required_unless_present = "list", default_value = "")]
         sample: String,
-        /// Where to post. A URL ending in `/webhooks/<source>` gets the event's type appended
-        /// (`/webhooks/sendblue/outbound`).
+        /// Where to post [default: http://127.0.0.1:3000/webhooks/<source>]. For Sendblue a URL
+        /// ending in `/webhooks/<source>` gets the event's type appended.
         #[arg(long)]
         url: Option<String>,
-        /// The signing secret [default: $BLUEHOOK_SECRET, else the dev secret in --data-dir].
+        /// The signing secret (for Standard Webhooks a `whsec_...` secret, for Twilio the auth
+        /// token) [default: $BLUEHOOK_SECRET, else the source's first secret in the config,
+        /// else the dev secret in --data-dir].
         #[arg(long, env = "BLUEHOOK_SECRET", hide_env_values = true)]
         secret: Option<String>,
+        /// The configured source whose settings (header names, presets) sign the sample
+        /// [default: the source named like the provider, if configured].
+        #[arg(long)]
+        source: Option<String>,
+        /// Config file to read the source from [default: ./bluehook.toml if it exists].
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// Status to report (e.g. DELIVERED, READ, ERROR).
         #[arg(long)]
         status: Option<String>,
@@ -94,6 +104,8 @@ async fn main() -> ExitCode {
             sample,
             url,
             secret,
+            source,
+            config,
             status,
             handle,
             content,
@@ -106,16 +118,21 @@ async fn main() -> ExitCode {
                 }
                 return ExitCode::SUCCESS;
             }
-            send(
-                &sample,
+            let target = Target {
                 url,
                 secret,
+                source,
+                config,
+                data_dir,
+            };
+            send(
+                &sample,
+                target,
                 SampleOptions {
                     status,
                     handle,
                     content,
                 },
-                &data_dir,
             )
             .await
         }
@@ -132,44 +149,73 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn send(
-    sample: &str,
+/// Where and as whom `bluehook send` posts.
+struct Target {
     url: Option<String>,
     secret: Option<String>,
-    opts: SampleOptions,
-    data_dir: &std::path::Path,
-) -> anyhow::Result<ExitCode> {
+    source: Option<String>,
+    config: Option<PathBuf>,
+    data_dir: PathBuf,
+}
+
+async fn send(sample: &str, target: Target, opts: SampleOptions) -> anyhow::Result<ExitCode> {
     let (provider, event) = sample.split_once('.').with_context(|| {
         format!(
             "expected <provider>.<event>; known: {}",
             sample_names().join(", ")
         )
     })?;
-    let secret = match secret {
-        Some(s) => s,
-        None => std::fs::read_to_string(data_dir.join(local::DEV_SECRET_FILE))
+    let config_path = target
+        .config
+        .clone()
+        .or_else(|| Some(PathBuf::from("bluehook.toml")).filter(|p| p.exists()));
+    let config = match &config_path {
+        Some(p) => Some(Config::from_file(p)?),
+        None => None,
+    };
+    let source_name = target.source.clone().unwrap_or_else(|| provider.to_owned());
+    let configured = config.as_ref().and_then(|c| c.sources.get(&source_name));
+    if let Some(c) = configured {
+        anyhow::ensure!(
+            c.provider == provider,
+            "source `{source_name}` is a `{}` source, not `{provider}`",
+            c.provider
+        );
+    }
+    let source_config = configured.cloned().unwrap_or_else(|| SourceConfig {
+        provider: provider.to_owned(),
+        secrets: Vec::new(),
+        settings: Default::default(),
+    });
+    let secret = match (target.secret, configured) {
+        (Some(s), _) => s,
+        (None, Some(c)) => resolve_secrets(&source_name, &c.secrets, None)
+            .await?
+            .into_iter()
+            .next()
+            .map(|s| s.expose().to_owned())
+            .with_context(|| format!("source `{source_name}` has no secret to sign with"))?,
+        (None, None) => std::fs::read_to_string(target.data_dir.join(local::DEV_SECRET_FILE))
             .map(|s| s.trim().to_owned())
             .with_context(|| {
                 format!(
-                    "no --secret given, no $BLUEHOOK_SECRET, and no dev secret in {}",
-                    data_dir.display()
+                    "no --secret given, no $BLUEHOOK_SECRET, no source `{source_name}` configured, and no dev secret in {}",
+                    target.data_dir.display()
                 )
             })?,
     };
-    let req =
-        sample_request(provider, event, &opts, &Secret::new(secret)).map_err(anyhow::Error::msg)?;
-    let base = url.unwrap_or_else(|| format!("http://127.0.0.1:3000/webhooks/{provider}"));
-    let url = match &req.path_suffix {
-        Some(suffix) if ends_with_source(&base) => {
-            format!("{}{suffix}", base.trim_end_matches('/'))
-        }
-        _ => base,
-    };
+    let signer = provider::build(&source_name, &source_config, vec![Secret::new(secret)])?;
+    let url = target
+        .url
+        .unwrap_or_else(|| format!("http://127.0.0.1:3000/webhooks/{source_name}"));
+    let req = signer
+        .sample(event, &opts, &url)
+        .map_err(anyhow::Error::msg)?;
     let client = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(30))
         .build()?;
     let mut builder = client
-        .post(&url)
+        .post(&req.url)
         .header(reqwest::header::CONTENT_TYPE, req.content_type)
         .body(req.body);
     for (k, v) in &req.headers {
@@ -178,10 +224,10 @@ async fn send(
     let response = builder
         .send()
         .await
-        .with_context(|| format!("cannot reach {url} (is `bluehook dev` running?)"))?;
+        .with_context(|| format!("cannot reach {} (is `bluehook dev` running?)", req.url))?;
     let status = response.status();
     let body = response.text().await.unwrap_or_default();
-    println!("POST {url}");
+    println!("POST {}", req.url);
     println!("HTTP {status}");
     println!("{body}");
     Ok(if status.is_success() {
@@ -189,14 +235,6 @@ async fn send(
     } else {
         ExitCode::FAILURE
     })
-}
-
-/// True for `.../webhooks/<source>` (one segment after `webhooks`).
-fn ends_with_source(url: &str) -> bool {
-    let path = url.split('?').next().unwrap_or(url).trim_end_matches('/');
-    let mut segments = path.rsplit('/');
-    let _source = segments.next();
-    segments.next() == Some("webhooks")
 }
 
 async fn stats(data_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
@@ -226,17 +264,4 @@ async fn stats(data_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
     println!("processed      {}", stats.processed);
     println!("dead-lettered  {}", stats.dead_lettered);
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn source_urls_get_the_type_appended() {
-        assert!(super::ends_with_source(
-            "http://127.0.0.1:3000/webhooks/sendblue"
-        ));
-        assert!(super::ends_with_source("http://h/webhooks/sb/"));
-        assert!(!super::ends_with_source("http://h/webhooks/sb/outbound"));
-        assert!(!super::ends_with_source("http://h/hooks"));
-    }
 }

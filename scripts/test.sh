@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# The test command: installs what the tests need (a Python venv with moto's server, from PyPI),
-# starts moto on a free loopback port, runs every test of the workspace, and stops moto.
+# The test command: installs what the tests need (a Python venv with moto's server and cfn-lint,
+# from PyPI), validates template.yaml, starts moto on a free loopback port, runs every test of
+# the workspace, and stops moto.
 # Extra arguments go to the test runner (e.g. a test name filter).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 venv="${BLUEHOOK_VENV:-.venv}"
-if [ ! -x "$venv/bin/moto_server" ]; then
-  echo "==> installing moto[server] into $venv"
+if [ ! -x "$venv/bin/moto_server" ] || [ ! -x "$venv/bin/cfn-lint" ]; then
+  echo "==> installing moto[server] and cfn-lint into $venv"
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check 'moto[server]>=5.1,<6'
+  "$venv/bin/pip" install --quiet --disable-pip-version-check 'moto[server]>=5.1,<6' 'cfn-lint>=1,<2'
 fi
+
+echo "==> cfn-lint template.yaml"
+"$venv/bin/cfn-lint" template.yaml
 
 port="$("$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 mkdir -p target

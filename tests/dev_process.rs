@@ -344,3 +344,51 @@ mod reqwest {
         }
     }
 }
+
+#[tokio::test]
+async fn secrets_and_message_content_never_reach_the_log_at_any_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bluehook.toml");
+    let configured = "cfg-secret-Zq81xTTq";
+    std::env::set_var("BLUEHOOK_TEST_LOG_SECRET", "env-secret-Kw07pPLm");
+    std::fs::write(
+        &config,
+        format!("[sources.sendblue]\nprovider = \"sendblue\"\nsecrets = [\"{configured}\", \"env:BLUEHOOK_TEST_LOG_SECRET\"]\n"),
+    )
+    .unwrap();
+    let log_path = dir.path().join("dev.log");
+    let dev = DevProcess::start_logging(
+        dir.path(),
+        &["--config", config.to_str().unwrap()],
+        "trace",
+        Some(&log_path),
+    );
+    let url = format!("{}/webhooks/sendblue/outbound", dev.base_url);
+    let client = reqwest::Client::new();
+    let content = "private-message-text-Hh5s";
+    let with_content = body("h-log", "SENT").replace("Hello world!", content);
+    for secret in [configured, "env-secret-Kw07pPLm", "attacker-guess-Pp3e"] {
+        let _ = post(&client, &url, secret, with_content.clone())
+            .await
+            .unwrap();
+    }
+    let _ = post(&client, &url, configured, "not json".into())
+        .await
+        .unwrap();
+    assert!(dev.interrupt().success());
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        log.contains("accepted"),
+        "the log is written at trace: {log}"
+    );
+    for needle in [
+        configured,
+        "env-secret-Kw07pPLm",
+        "attacker-guess-Pp3e",
+        content,
+    ] {
+        assert!(!log.contains(needle), "`{needle}` leaked into the log");
+    }
+    let stats_text = serde_json::to_string(&stats(dir.path())).unwrap();
+    assert!(!stats_text.contains(configured));
+}

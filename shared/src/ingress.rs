@@ -17,7 +17,7 @@ use crate::config::{
 use crate::event::Event;
 use crate::idempotency::{Claim, ClaimTimes, IdempotencyStore};
 use crate::metrics::{self, Metrics};
-use crate::provider::{self, Parsed, Provider, WebhookRequest};
+use crate::provider::{self, AuthError, Parsed, Provider, WebhookRequest};
 use crate::queue::{OutgoingMessage, Queue};
 
 /// The body as the transport adapter could read it.
@@ -262,6 +262,13 @@ impl Ingress {
             received_at: Utc::now(),
         };
         if let Err(e) = provider.verify(&wreq) {
+            if e == AuthError::MissingSignature && provider.is_unsigned_ping(&wreq) {
+                tracing::info!(
+                    source,
+                    "unsigned registration ping answered; nothing queued"
+                );
+                return self.ping_answer();
+            }
             tracing::warn!(
                 source,
                 reason = e.reason(),
@@ -273,6 +280,10 @@ impl Ingress {
         }
         let events = match provider.parse(&wreq) {
             Ok(Parsed::Events(events)) => events,
+            Ok(Parsed::Ping) => {
+                tracing::info!(source, "registration ping answered; nothing queued");
+                return self.ping_answer();
+            }
             Err(e) => {
                 tracing::warn!(source, error = %e, "webhook refused: unreadable body");
                 return IngressResponse::error(
@@ -283,6 +294,17 @@ impl Ingress {
             }
         };
         self.accept(source, events).await
+    }
+
+    fn ping_answer(&self) -> IngressResponse {
+        self.metrics.incr(metrics::PINGS, 1);
+        IngressResponse::json(
+            StatusCode::OK,
+            &Answer {
+                status: "ok",
+                events: None,
+            },
+        )
     }
 
     /// Claim, enqueue and complete each event.

@@ -13,6 +13,8 @@ pub const RECEIVED: &str = "received";
 pub const ACCEPTED: &str = "accepted";
 pub const DUPLICATES: &str = "duplicates";
 pub const PROCESSED: &str = "processed";
+/// Registration pings answered (never queued).
+pub const PINGS: &str = "pings";
 /// Prefix of `rejected.<error code>` counters.
 pub const REJECTED_PREFIX: &str = "rejected.";
 /// Prefix of `auth.<reason>` counters: why a 401 was given.
@@ -110,6 +112,8 @@ pub struct Stats {
     pub accepted: u64,
     /// Events answered 200 `duplicate`.
     pub duplicates: u64,
+    /// Provider registration pings answered 200 (nothing queued).
+    pub pings: u64,
     /// Requests answered with an error, by error code.
     pub rejected: BTreeMap<String, u64>,
     /// Why requests were answered 401, by reason.
@@ -161,6 +165,7 @@ impl Stats {
                 received: get(RECEIVED),
                 accepted: get(ACCEPTED),
                 duplicates: get(DUPLICATES),
+                pings: get(PINGS),
                 rejected,
                 auth_failures,
                 queued: per_queue.values().map(|q| q.queued).sum(),

@@ -4,10 +4,31 @@
 
 use tracing_subscriber::EnvFilter;
 
+/// Wire-level tracing of the HTTP and AWS layers would print request and response bodies (an
+/// SSM secret among them): those targets are capped whatever level is asked for.
+const CAPS: &[&str] = &[
+    "aws_smithy_runtime=info",
+    "aws_smithy_runtime_api=info",
+    "aws_smithy_http=info",
+    "aws_smithy_http_client=info",
+    "aws_sigv4=info",
+    "aws_config=info",
+    "hyper=info",
+    "hyper_util=info",
+    "h2=info",
+    "rustls=info",
+    "reqwest=info",
+];
+
 fn filter() -> EnvFilter {
-    EnvFilter::try_from_env("BLUEHOOK_LOG")
-        .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("info"))
+    let asked = std::env::var("BLUEHOOK_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".to_owned());
+    let directives = std::iter::once(asked.as_str())
+        .chain(CAPS.iter().copied())
+        .collect::<Vec<_>>()
+        .join(",");
+    EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info"))
 }
 
 /// JSON logs, for Lambda.

@@ -117,6 +117,20 @@ pub struct DevProcess {
 
 impl DevProcess {
     pub fn start(data_dir: &Path, extra: &[&str]) -> DevProcess {
+        Self::start_logging(data_dir, extra, "warn", None)
+    }
+
+    /// Starts with `BLUEHOOK_LOG=level`, its log (stderr) going to `log_file` if given.
+    pub fn start_logging(
+        data_dir: &Path,
+        extra: &[&str],
+        level: &str,
+        log_file: Option<&Path>,
+    ) -> DevProcess {
+        let stderr = match log_file {
+            Some(p) => Stdio::from(std::fs::File::create(p).unwrap()),
+            None => Stdio::inherit(),
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_bluehook"))
             .arg("dev")
             .arg("--listen")
@@ -125,9 +139,9 @@ impl DevProcess {
             .arg(data_dir)
             .args(extra)
             .current_dir(data_dir)
-            .env("BLUEHOOK_LOG", "warn")
+            .env("BLUEHOOK_LOG", level)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("start bluehook dev");
         let stdout = child.stdout.take().unwrap();

@@ -3,7 +3,13 @@
 //! A provider is one module. Adding one touches that module and one line of [`build`] and
 //! [`sample_request`].
 
+pub mod bluereplies;
+pub mod generic;
+pub mod hmac;
 pub mod sendblue;
+pub mod signing;
+pub mod standard_webhooks;
+pub mod twilio;
 
 use std::sync::Arc;
 
@@ -40,6 +46,16 @@ pub enum AuthError {
     BadSignature,
     #[error("no secret is configured for this source")]
     NoSecrets,
+    #[error("signature header is malformed")]
+    MalformedSignature,
+    #[error("timestamp header missing")]
+    MissingTimestamp,
+    #[error("timestamp is malformed")]
+    MalformedTimestamp,
+    #[error("timestamp is outside the tolerance")]
+    TimestampOutOfTolerance,
+    #[error("body does not match the signed body hash")]
+    BodyHashMismatch,
 }
 
 impl AuthError {
@@ -50,6 +66,11 @@ impl AuthError {
             AuthError::DuplicateHeader => "duplicate_header",
             AuthError::BadSignature => "bad_signature",
             AuthError::NoSecrets => "no_secrets",
+            AuthError::MalformedSignature => "malformed_signature",
+            AuthError::MissingTimestamp => "missing_timestamp",
+            AuthError::MalformedTimestamp => "malformed_timestamp",
+            AuthError::TimestampOutOfTolerance => "timestamp_out_of_tolerance",
+            AuthError::BodyHashMismatch => "body_hash_mismatch",
         }
     }
 }
@@ -64,6 +85,8 @@ pub enum ParseError {
 #[derive(Debug)]
 pub enum Parsed {
     Events(Vec<Event>),
+    /// A provider's registration ping: answered 200 at once, never queued.
+    Ping,
 }
 
 /// One configured source's provider: it holds the source's secrets and settings.
@@ -71,29 +94,141 @@ pub trait Provider: Send + Sync {
     fn name(&self) -> &'static str;
     fn verify(&self, req: &WebhookRequest<'_>) -> Result<(), AuthError>;
     fn parse(&self, req: &WebhookRequest<'_>) -> Result<Parsed, ParseError>;
+    /// Whether a request without any signature is this provider's registration ping, which
+    /// carries no data and is answered 200 without being queued.
+    fn is_unsigned_ping(&self, _req: &WebhookRequest<'_>) -> bool {
+        false
+    }
+    /// A correctly signed sample of `event` for posting to `url` (`bluehook send`), signed with
+    /// this source's first secret.
+    fn sample(&self, event: &str, opts: &SampleOptions, url: &str)
+        -> Result<SampleRequest, String>;
 }
 
-/// Builds the provider of a configured source from its settings and resolved secrets.
+/// Builds the provider of a configured source from its settings and resolved secrets. One
+/// line per provider.
 pub fn build(
     source_name: &str,
     config: &SourceConfig,
     secrets: Vec<Secret>,
 ) -> Result<Arc<dyn Provider>, ConfigError> {
-    match config.provider.as_str() {
-        sendblue::NAME => Ok(Arc::new(sendblue::Sendblue::from_config(
-            source_name,
-            config,
-            secrets,
-        )?)),
-        other => Err(ConfigError::Invalid(format!(
-            "source `{source_name}`: unknown provider `{other}` (known: {})",
-            PROVIDERS.join(", ")
-        ))),
-    }
+    let settings = Settings::new(source_name, &config.provider, &config.settings);
+    let provider: Arc<dyn Provider> = match config.provider.as_str() {
+        sendblue::NAME => Arc::new(sendblue::Sendblue::from_settings(settings, secrets)?),
+        bluereplies::NAME => Arc::new(bluereplies::BlueReplies::from_settings(settings, secrets)?),
+        twilio::NAME => Arc::new(twilio::Twilio::from_settings(settings, secrets)?),
+        standard_webhooks::NAME => Arc::new(standard_webhooks::StandardWebhooks::from_settings(
+            settings, secrets,
+        )?),
+        name if hmac::NAMES.contains(&name) => {
+            Arc::new(hmac::HmacProvider::from_settings(settings, secrets)?)
+        }
+        other => {
+            return Err(ConfigError::Invalid(format!(
+                "source `{source_name}`: unknown provider `{other}` (known: {})",
+                PROVIDERS.join(", ")
+            )))
+        }
+    };
+    Ok(provider)
 }
 
 /// Every provider name [`build`] knows.
-pub const PROVIDERS: &[&str] = &[sendblue::NAME];
+pub const PROVIDERS: &[&str] = &[
+    sendblue::NAME,
+    bluereplies::NAME,
+    twilio::NAME,
+    standard_webhooks::NAME,
+    "hmac",
+    "bluemessaggio",
+    "stripe-style",
+    "github-style",
+];
+
+/// Every `(provider, events)` that `bluehook send` has samples for.
+pub const SAMPLES: &[(&str, &[&str])] = &[
+    (sendblue::NAME, sendblue::SAMPLE_EVENTS),
+    (bluereplies::NAME, bluereplies::SAMPLE_EVENTS),
+    (twilio::NAME, twilio::SAMPLE_EVENTS),
+    (standard_webhooks::NAME, generic::SAMPLE_EVENTS),
+    ("bluemessaggio", generic::SAMPLE_EVENTS),
+    ("stripe-style", generic::SAMPLE_EVENTS),
+    ("github-style", generic::SAMPLE_EVENTS),
+    ("hmac", generic::SAMPLE_EVENTS),
+];
+
+/// A source's provider-specific settings, read key by key; unknown keys are refused.
+pub struct Settings<'a> {
+    pub source: &'a str,
+    pub provider: &'a str,
+    table: &'a toml::Table,
+    used: std::cell::RefCell<Vec<&'a str>>,
+}
+
+impl<'a> Settings<'a> {
+    pub fn new(source: &'a str, provider: &'a str, table: &'a toml::Table) -> Settings<'a> {
+        Settings {
+            source,
+            provider,
+            table,
+            used: Default::default(),
+        }
+    }
+
+    pub fn invalid(&self, msg: impl std::fmt::Display) -> ConfigError {
+        ConfigError::Invalid(format!("source `{}`: {msg}", self.source))
+    }
+
+    fn get(&self, key: &'a str) -> Option<&'a toml::Value> {
+        self.used.borrow_mut().push(key);
+        self.table.get(key)
+    }
+
+    pub fn str(&self, key: &'a str) -> Result<Option<&'a str>, ConfigError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_str()
+                .map(Some)
+                .ok_or_else(|| self.invalid(format!("`{key}` must be a string"))),
+        }
+    }
+
+    pub fn bool(&self, key: &'a str) -> Result<Option<bool>, ConfigError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_bool()
+                .map(Some)
+                .ok_or_else(|| self.invalid(format!("`{key}` must be true or false"))),
+        }
+    }
+
+    pub fn u64(&self, key: &'a str) -> Result<Option<u64>, ConfigError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_integer()
+                .and_then(|i| u64::try_from(i).ok())
+                .map(Some)
+                .ok_or_else(|| self.invalid(format!("`{key}` must be a non-negative integer"))),
+        }
+    }
+
+    /// Refuses keys that no reader asked for (a typo must not silently weaken verification).
+    pub fn finish(self) -> Result<(), ConfigError> {
+        let used = self.used.borrow();
+        for key in self.table.keys() {
+            if !used.contains(&key.as_str()) {
+                return Err(self.invalid(format!(
+                    "unknown setting `{key}` for provider `{}`",
+                    self.provider
+                )));
+            }
+        }
+        Ok(())
+    }
+}
 
 /// Compares a presented secret with every accepted one in constant time. Both sides are hashed
 /// first, so neither the length nor the position of a match leaks through timing; every
@@ -128,35 +263,38 @@ pub struct SampleOptions {
 /// A ready-to-send, correctly signed sample request.
 #[derive(Debug, Clone)]
 pub struct SampleRequest {
-    /// Path suffix after `/webhooks/{source}` (for example `/outbound`), if the provider uses one.
-    pub path_suffix: Option<String>,
+    /// Where to post it (the given URL, with the type segment added where the provider uses one).
+    pub url: String,
     pub content_type: &'static str,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
 
-/// Every `<provider>.<event>` pair that `bluehook send` knows.
-pub fn sample_names() -> Vec<String> {
-    sendblue::SAMPLE_EVENTS
-        .iter()
-        .map(|e| format!("{}.{e}", sendblue::NAME))
-        .collect()
+/// `url` with `/{type}` appended when it ends in `/webhooks/<source>`, so that types that
+/// cannot be inferred from a payload arrive typed.
+pub fn with_type_segment(url: &str, event_type: &str) -> String {
+    let (path, query) = match url.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (url, None),
+    };
+    let path = path.trim_end_matches('/');
+    let mut segments = path.rsplit('/');
+    let _source = segments.next();
+    if segments.next() != Some("webhooks") {
+        return url.to_owned();
+    }
+    match query {
+        Some(q) => format!("{path}/{event_type}?{q}"),
+        None => format!("{path}/{event_type}"),
+    }
 }
 
-/// Builds the signed sample `<provider>.<event>`.
-pub fn sample_request(
-    provider: &str,
-    event: &str,
-    opts: &SampleOptions,
-    secret: &Secret,
-) -> Result<SampleRequest, String> {
-    match provider {
-        sendblue::NAME => sendblue::sample(event, opts, secret),
-        other => Err(format!(
-            "unknown provider `{other}`; known samples: {}",
-            sample_names().join(", ")
-        )),
-    }
+/// Every `<provider>.<event>` pair that `bluehook send` knows.
+pub fn sample_names() -> Vec<String> {
+    SAMPLES
+        .iter()
+        .flat_map(|(p, events)| events.iter().map(move |e| format!("{p}.{e}")))
+        .collect()
 }
 
 #[cfg(test)]
@@ -171,6 +309,23 @@ mod tests {
         assert!(!matches_any_secret(b"ne", &secrets));
         assert!(!matches_any_secret(b"", &secrets));
         assert!(!matches_any_secret(b"new", &[]));
+    }
+
+    #[test]
+    fn type_segment_is_added_to_source_urls_only() {
+        assert_eq!(
+            with_type_segment("http://h:3000/webhooks/sb", "outbound"),
+            "http://h:3000/webhooks/sb/outbound"
+        );
+        assert_eq!(
+            with_type_segment("http://h/webhooks/sb/?a=1", "x"),
+            "http://h/webhooks/sb/x?a=1"
+        );
+        assert_eq!(
+            with_type_segment("http://h/webhooks/sb/outbound", "x"),
+            "http://h/webhooks/sb/outbound"
+        );
+        assert_eq!(with_type_segment("http://h/hooks", "x"), "http://h/hooks");
     }
 
     #[test]

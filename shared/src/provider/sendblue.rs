@@ -7,9 +7,9 @@ use serde::Deserialize;
 
 use super::{
     matches_any_secret, single_header, AuthError, ParseError, Parsed, Provider, SampleOptions,
-    SampleRequest, WebhookRequest,
+    SampleRequest, Settings, WebhookRequest,
 };
-use crate::config::{ConfigError, Secret, SourceConfig};
+use crate::config::{ConfigError, Secret};
 use crate::event::{
     body_digest, truncate_to_millis, Direction, Event, EventKind, MessageStatus, Service,
 };
@@ -103,28 +103,12 @@ impl Sendblue {
         }
     }
 
-    pub fn from_config(
-        source_name: &str,
-        config: &SourceConfig,
+    pub fn from_settings(
+        settings: Settings<'_>,
         secrets: Vec<Secret>,
     ) -> Result<Sendblue, ConfigError> {
-        let mut require_signature = true;
-        for (key, value) in &config.settings {
-            match key.as_str() {
-                "require_signature" => {
-                    require_signature = value.as_bool().ok_or_else(|| {
-                        ConfigError::Invalid(format!(
-                            "source `{source_name}`: require_signature must be true or false"
-                        ))
-                    })?
-                }
-                other => {
-                    return Err(ConfigError::Invalid(format!(
-                        "source `{source_name}`: unknown setting `{other}` for provider sendblue"
-                    )))
-                }
-            }
-        }
+        let require_signature = settings.bool("require_signature")?.unwrap_or(true);
+        settings.finish()?;
         Ok(Sendblue::new(secrets, require_signature))
     }
 }
@@ -152,6 +136,31 @@ impl Provider for Sendblue {
 
     fn parse(&self, req: &WebhookRequest<'_>) -> Result<Parsed, ParseError> {
         Ok(Parsed::Events(vec![parse_event(req)?]))
+    }
+
+    fn sample(
+        &self,
+        event: &str,
+        opts: &SampleOptions,
+        url: &str,
+    ) -> Result<SampleRequest, String> {
+        let secret = self
+            .secrets
+            .first()
+            .ok_or("the source has no secret to sign with")?;
+        let kind = WebhookType::parse(event).ok_or_else(|| {
+            format!(
+                "unknown Sendblue event `{event}`; known: {}",
+                SAMPLE_EVENTS.join(", ")
+            )
+        })?;
+        let body = serde_json::to_vec_pretty(&sample_body(kind, opts)).expect("serialises");
+        Ok(SampleRequest {
+            url: super::with_type_segment(url, kind.as_str()),
+            content_type: "application/json",
+            headers: vec![(SIGNATURE_HEADER.to_owned(), secret.expose().to_owned())],
+            body,
+        })
     }
 }
 
@@ -515,22 +524,6 @@ pub fn sample_body(kind: WebhookType, opts: &SampleOptions) -> serde_json::Value
     v
 }
 
-pub fn sample(event: &str, opts: &SampleOptions, secret: &Secret) -> Result<SampleRequest, String> {
-    let kind = WebhookType::parse(event).ok_or_else(|| {
-        format!(
-            "unknown Sendblue event `{event}`; known: {}",
-            SAMPLE_EVENTS.join(", ")
-        )
-    })?;
-    let body = serde_json::to_vec_pretty(&sample_body(kind, opts)).expect("serialises");
-    Ok(SampleRequest {
-        path_suffix: Some(format!("/{}", kind.as_str())),
-        content_type: "application/json",
-        headers: vec![(SIGNATURE_HEADER.to_owned(), secret.expose().to_owned())],
-        body,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -818,7 +811,9 @@ mod tests {
         let secret = Secret::new("sample-secret");
         let p = Sendblue::new(vec![secret.clone()], true);
         for name in SAMPLE_EVENTS {
-            let s = sample(name, &SampleOptions::default(), &secret).unwrap();
+            let s = p
+                .sample(name, &SampleOptions::default(), "http://h/webhooks/sb")
+                .unwrap();
             let mut h = HeaderMap::new();
             for (k, v) in &s.headers {
                 h.insert(
@@ -827,10 +822,13 @@ mod tests {
                 );
             }
             let body = String::from_utf8(s.body.clone()).unwrap();
-            let hint = s.path_suffix.as_deref().map(|p| p.trim_start_matches('/'));
+            assert_eq!(s.url, format!("http://h/webhooks/sb/{name}"));
+            let hint = Some(*name);
             let r = req(&h, &body, hint);
             p.verify(&r).unwrap();
-            let Parsed::Events(evs) = p.parse(&r).unwrap();
+            let Parsed::Events(evs) = p.parse(&r).unwrap() else {
+                panic!("{name}: not an event")
+            };
             assert_eq!(evs[0].provider_event.as_deref(), Some(*name));
             assert_ne!(evs[0].kind, EventKind::Unknown, "{name}");
         }
@@ -839,12 +837,12 @@ mod tests {
             handle: Some("h-1".into()),
             content: Some("hi there".into()),
         };
-        let s = sample("outbound", &opts, &secret).unwrap();
+        let s = p.sample("outbound", &opts, "http://h/x").unwrap();
         let h = headers(None);
         let body = String::from_utf8(s.body).unwrap();
         let e = parse_event(&req(&h, &body, Some("outbound"))).unwrap();
         assert_eq!(e.idempotency_key, "sb:msg:h-1:READ");
         assert_eq!(e.content.as_deref(), Some("hi there"));
-        assert!(sample("nope", &opts, &secret).is_err());
+        assert!(p.sample("nope", &opts, "http://h/x").is_err());
     }
 }
