@@ -54,7 +54,8 @@ secrets = ["hm-secret"]
 /// What the event log should hold for `<provider>.<event>`; `None` for a ping (not queued).
 fn expected(provider: &str, event: &str) -> Option<(EventKind, Option<MessageStatus>)> {
     use EventKind::{
-        CallLog, ContactCreated, LineAssigned, LineBlocked, MessageReceived, MessageStatus as Status, Typing,
+        CallLog, ContactCreated, LineAssigned, LineBlocked, MessageReceived,
+        MessageStatus as Status, Typing,
     };
     type S = MessageStatus;
     Some(match (provider, event) {
@@ -88,21 +89,32 @@ fn every_sample_bluehook_send_knows_round_trips_into_the_event_log() {
     let config = write_config(dir.path());
     let dev = DevProcess::start(dir.path(), &["--config", config.to_str().unwrap()]);
 
-    let listed = Command::new(env!("CARGO_BIN_EXE_bluehook")).args(["send", "--list"]).output().unwrap();
+    let listed = Command::new(env!("CARGO_BIN_EXE_bluehook"))
+        .args(["send", "--list"])
+        .output()
+        .unwrap();
     let listed = String::from_utf8(listed.stdout).unwrap();
     let mut sent: Vec<(String, String, Option<String>)> = Vec::new();
     for (provider, events) in SAMPLES {
         for event in *events {
             let name = format!("{provider}.{event}");
-            assert!(listed.lines().any(|l| l == name), "`send --list` lists {name}");
+            assert!(
+                listed.lines().any(|l| l == name),
+                "`send --list` lists {name}"
+            );
             let out = Command::new(env!("CARGO_BIN_EXE_bluehook"))
                 .args(["send", &name, "--config", config.to_str().unwrap(), "--url"])
                 .arg(format!("{}/webhooks/{provider}", dev.base_url))
                 .output()
                 .unwrap();
             let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-            assert!(out.status.success(), "{name}: {stdout} {}", String::from_utf8_lossy(&out.stderr));
-            let answer: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+            assert!(
+                out.status.success(),
+                "{name}: {stdout} {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let answer: serde_json::Value =
+                serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
             let id = match expected(provider, event) {
                 None => {
                     assert_eq!(answer["status"], "ok", "{name}");
@@ -122,7 +134,9 @@ fn every_sample_bluehook_send_knows_round_trips_into_the_event_log() {
     let by_id: HashMap<&str, &bluehook::Event> = log.iter().map(|e| (e.id.as_str(), e)).collect();
     for (provider, event, id) in &sent {
         let Some(id) = id else { continue };
-        let e = by_id.get(id.as_str()).unwrap_or_else(|| panic!("{provider}.{event} not in the log"));
+        let e = by_id
+            .get(id.as_str())
+            .unwrap_or_else(|| panic!("{provider}.{event} not in the log"));
         let (kind, status) = expected(provider, event).unwrap();
         assert_eq!(e.source, *provider);
         assert_eq!((e.kind, e.status), (kind, status), "{provider}.{event}");
@@ -147,31 +161,57 @@ async fn each_provider_over_http_accepted_duplicate_and_401() {
         };
         let secret = source.secrets[0].clone();
         let signer = provider::build(name, source, vec![Secret::new(secret)]).unwrap();
-        let sample = signer.sample(event, &SampleOptions::default(), &url).unwrap();
+        let sample = signer
+            .sample(event, &SampleOptions::default(), &url)
+            .unwrap();
         let post = |headers: Vec<(String, String)>| {
-            let mut b = client.post(&sample.url).header("content-type", sample.content_type).body(sample.body.clone());
+            let mut b = client
+                .post(&sample.url)
+                .header("content-type", sample.content_type)
+                .body(sample.body.clone());
             for (k, v) in headers {
                 b = b.header(k, v);
             }
             async move {
                 let r = b.send().await.unwrap();
-                (r.status().as_u16(), r.json::<serde_json::Value>().await.unwrap())
+                (
+                    r.status().as_u16(),
+                    r.json::<serde_json::Value>().await.unwrap(),
+                )
             }
         };
         let (status, v) = post(sample.headers.clone()).await;
-        assert_eq!((status, v["status"].as_str()), (200, Some("accepted")), "{name}: {v}");
+        assert_eq!(
+            (status, v["status"].as_str()),
+            (200, Some("accepted")),
+            "{name}: {v}"
+        );
         let (status, v) = post(sample.headers.clone()).await;
-        assert_eq!((status, v["status"].as_str()), (200, Some("duplicate")), "{name}: the same delivery again");
+        assert_eq!(
+            (status, v["status"].as_str()),
+            (200, Some("duplicate")),
+            "{name}: the same delivery again"
+        );
 
         // Signed with another secret: refused.
-        let forger = provider::build(name, source, vec![Secret::new(match source.provider.as_str() {
-            "standard-webhooks" => "whsec_c2VjcmV0LW9mLXNvbWVvbmUtZWxzZQ==".to_owned(),
-            _ => "someone-elses-secret".to_owned(),
-        })])
+        let forger = provider::build(
+            name,
+            source,
+            vec![Secret::new(match source.provider.as_str() {
+                "standard-webhooks" => "whsec_c2VjcmV0LW9mLXNvbWVvbmUtZWxzZQ==".to_owned(),
+                _ => "someone-elses-secret".to_owned(),
+            })],
+        )
         .unwrap();
-        let forged = forger.sample(event, &SampleOptions::default(), &url).unwrap();
+        let forged = forger
+            .sample(event, &SampleOptions::default(), &url)
+            .unwrap();
         let (status, v) = post(forged.headers).await;
-        assert_eq!((status, v["error"].as_str()), (401, Some("unauthorized")), "{name}");
+        assert_eq!(
+            (status, v["error"].as_str()),
+            (401, Some("unauthorized")),
+            "{name}"
+        );
         let (status, _) = post(Vec::new()).await;
         assert_eq!(status, 401, "{name}: no signature");
     }

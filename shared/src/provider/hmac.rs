@@ -105,6 +105,9 @@ impl Scheme {
     }
 }
 
+/// Decoded signatures of a request, and its timestamp when the header or scheme carries one.
+type Presented = (Vec<Vec<u8>>, Option<Vec<u8>>);
+
 #[derive(Debug)]
 pub struct HmacProvider {
     name: &'static str,
@@ -227,10 +230,7 @@ impl HmacProvider {
     }
 
     /// The presented signatures and timestamp of a request.
-    fn presented(
-        &self,
-        req: &WebhookRequest<'_>,
-    ) -> Result<(Vec<Vec<u8>>, Option<Vec<u8>>), AuthError> {
+    fn presented(&self, req: &WebhookRequest<'_>) -> Result<Presented, AuthError> {
         let raw = single_header(req.headers, &self.scheme.header)?;
         let raw = std::str::from_utf8(raw).map_err(|_| AuthError::MalformedSignature)?;
         let decode = |s: &str| -> Option<Vec<u8>> {

@@ -6,6 +6,8 @@
 pub mod bluereplies;
 pub mod generic;
 pub mod hmac;
+#[cfg(test)]
+mod props;
 pub mod sendblue;
 pub mod signing;
 pub mod standard_webhooks;

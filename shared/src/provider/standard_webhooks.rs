@@ -63,7 +63,7 @@ impl StandardWebhooks {
             .u64("tolerance_secs")?
             .unwrap_or(DEFAULT_TOLERANCE_SECS);
         settings.finish()?;
-        StandardWebhooks::new(&secrets, tolerance).map_err(|e| ConfigError::Invalid(e))
+        StandardWebhooks::new(&secrets, tolerance).map_err(ConfigError::Invalid)
     }
 }
 
