@@ -5,8 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use bluehook::analytics;
 use bluehook::config::{resolve_secrets, Config, Secret, SourceConfig};
-use bluehook::local::{self, DevOptions, EVENTS_QUEUE};
+use bluehook::local::{self, DevOptions};
 use bluehook::metrics::Stats;
 use bluehook::provider::{self, sample_names, SampleOptions};
 use clap::{Parser, Subcommand};
@@ -73,6 +74,21 @@ enum Command {
         #[arg(long)]
         list: bool,
     },
+    /// Move dead-lettered messages back to their queue, to be processed again.
+    Replay {
+        /// The queue to refill from its dead-letter queue: locally events, crm, sms-fallback or
+        /// analytics; with --aws an SQS queue name or URL.
+        #[arg(long)]
+        queue: String,
+        /// Most messages to move.
+        #[arg(long, default_value_t = u64::MAX, hide_default_value = true)]
+        max: u64,
+        /// Replay on AWS SQS (credentials and region from the environment) instead of locally.
+        #[arg(long)]
+        aws: bool,
+        #[arg(long, default_value = "./.bluehook")]
+        data_dir: PathBuf,
+    },
     /// Print the counters of a local data folder.
     Stats {
         #[arg(long, default_value = "./.bluehook")]
@@ -136,6 +152,14 @@ async fn main() -> ExitCode {
             )
             .await
         }
+        Command::Replay {
+            queue,
+            max,
+            aws,
+            data_dir,
+        } => replay(&queue, max, aws, &data_dir)
+            .await
+            .map(|_| ExitCode::SUCCESS),
         Command::Stats { data_dir, json } => {
             stats(&data_dir, json).await.map(|_| ExitCode::SUCCESS)
         }
@@ -237,17 +261,54 @@ async fn send(sample: &str, target: Target, opts: SampleOptions) -> anyhow::Resu
     })
 }
 
-async fn stats(data_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
+async fn replay(
+    queue: &str,
+    max: u64,
+    aws: bool,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    if aws {
+        let conf = aws_config::load_from_env().await;
+        let moved =
+            bluehook::replay::replay_sqs(&aws_sdk_sqs::Client::new(&conf), queue, max).await?;
+        println!("moved {moved} messages from the dead-letter queue of {queue} back to it");
+        return Ok(());
+    }
+    anyhow::ensure!(
+        local::local_queues().contains(&queue),
+        "unknown local queue `{queue}` (known: {})",
+        local::local_queues().join(", ")
+    );
+    let db = open_data(data_dir)?;
+    let q = bluehook::SqliteQueue::new(db.clone(), queue, std::time::Duration::from_secs(30), 5);
+    let moved = q.dead_letter_queue().move_to(queue, max).await?;
+    db.flush().await?;
+    println!("moved {moved} messages from {queue}-dlq back to {queue}");
+    Ok(())
+}
+
+fn open_data(data_dir: &std::path::Path) -> anyhow::Result<bluehook::sqlite::Db> {
     let path = local::db_path(data_dir);
     anyhow::ensure!(
         path.exists(),
         "no bluehook data in {} (start `bluehook dev` first, or pass --data-dir)",
         data_dir.display()
     );
-    let db = bluehook::sqlite::Db::open(&path)?;
-    let stats = Stats::load(&db, &[EVENTS_QUEUE]).await?;
+    Ok(bluehook::sqlite::Db::open(&path)?)
+}
+
+async fn stats(data_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let db = open_data(data_dir)?;
+    let stats = Stats::load(&db, &local::local_queues()).await?;
+    let archive = data_dir.join(local::ANALYTICS_DIR);
+    let summary = tokio::task::spawn_blocking(move || {
+        analytics::summarise(&analytics::read_archive(&archive))
+    })
+    .await?;
     if json {
-        println!("{}", serde_json::to_string(&stats)?);
+        let mut v = serde_json::to_value(&stats)?;
+        v["analytics"] = serde_json::to_value(&summary)?;
+        println!("{v}");
         return Ok(());
     }
     println!("received       {}", stats.received);
@@ -260,8 +321,41 @@ async fn stats(data_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
     for (reason, n) in &stats.auth_failures {
         println!("  auth: {reason:<14} {n}");
     }
+    println!("pings          {}", stats.pings);
     println!("queued         {}", stats.queued);
     println!("processed      {}", stats.processed);
     println!("dead-lettered  {}", stats.dead_lettered);
+    for (q, s) in &stats.queues {
+        println!(
+            "  queue {q:<14} queued {:<6} processed {:<8} dead-lettered {}",
+            s.queued, s.processed, s.dead_lettered
+        );
+    }
+    for (d, n) in &stats.routed {
+        println!("  routed to {d:<12} {n}");
+    }
+    for (d, n) in &stats.skipped {
+        println!("  skipped {d:<14} {n}  (sink not configured)");
+    }
+    let pct = |r: Option<f64>| r.map_or("-".to_owned(), |r| format!("{:.1}%", r * 100.0));
+    println!("analytics      {} events archived", summary.events);
+    println!(
+        "  delivery rate  {} ({} of {} sent)",
+        pct(summary.delivery_rate),
+        summary.messages_delivered,
+        summary.messages_sent
+    );
+    println!(
+        "  read rate      {} ({} of {} delivered)",
+        pct(summary.read_rate),
+        summary.messages_read,
+        summary.messages_delivered
+    );
+    println!(
+        "  median response time  {}",
+        summary
+            .median_response_secs
+            .map_or("-".to_owned(), |s| format!("{s:.1} s"))
+    );
     Ok(())
 }

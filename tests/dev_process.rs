@@ -392,3 +392,142 @@ async fn secrets_and_message_content_never_reach_the_log_at_any_level() {
     let stats_text = serde_json::to_string(&stats(dir.path())).unwrap();
     assert!(!stats_text.contains(configured));
 }
+
+const RECEIVE: &str = include_str!("../shared/testdata/sendblue/receive.json");
+
+fn wait_for(
+    dir: &std::path::Path,
+    what: &str,
+    cond: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = stats(dir);
+        if cond(&s) {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test]
+async fn events_reach_the_analytics_archive_and_stats_show_rates() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = DevProcess::start(dir.path(), &[]);
+    let url = format!("{}/webhooks/sendblue", dev.base_url);
+    let secret = secret(dir.path());
+    let client = reqwest::Client::new();
+    let at = |secs: u32| format!("2026-01-01T10:{:02}:{:02}.000Z", secs / 60, secs % 60);
+    let outbound = |handle: &str, status: &str, secs: u32| {
+        body(handle, status).replace("2025-12-12T15:35:35.410Z", &at(secs))
+    };
+    let mut bodies = Vec::new();
+    for h in ["h1", "h2", "h3", "h4"] {
+        bodies.push(outbound(h, "SENT", 0));
+    }
+    for h in ["h1", "h2", "h3"] {
+        bodies.push(outbound(h, "DELIVERED", 5));
+    }
+    bodies.push(outbound("h1", "READ", 10));
+    // The contact answers 30 s after h1..h4 went out, on the same line.
+    bodies.push(
+        RECEIVE
+            .replace("+15122164639", "+18649820355")
+            .replace("2025-12-12T15:41:20.995Z", &at(30))
+            .replace("2025-12-12T15:41:20.932Z", &at(30)),
+    );
+    for b in &bodies {
+        let (status, v) = post(&client, &url, &secret, b.clone()).await.unwrap();
+        assert_eq!(
+            (status, v["status"].as_str()),
+            (200, Some("accepted")),
+            "{v}"
+        );
+    }
+    let n = bodies.len() as u64;
+    let s = wait_for(dir.path(), "the archive", |s| {
+        s["analytics"]["events"] == n && s["queued"] == 0
+    });
+    assert_eq!(s["routed"]["analytics"], n);
+    assert_eq!(
+        s["skipped"]["crm"], n,
+        "message events routed to the unconfigured CRM are counted"
+    );
+    assert_eq!(s["queues"]["analytics"]["processed"], n);
+    let a = &s["analytics"];
+    assert_eq!(
+        (
+            a["messages_sent"].as_u64(),
+            a["messages_delivered"].as_u64(),
+            a["messages_read"].as_u64()
+        ),
+        (Some(4), Some(3), Some(1))
+    );
+    assert_eq!(a["delivery_rate"].as_f64(), Some(0.75));
+    assert!((a["read_rate"].as_f64().unwrap() - 1.0 / 3.0).abs() < 1e-9);
+    assert_eq!(a["median_response_secs"].as_f64(), Some(30.0));
+    let human = Command::new(env!("CARGO_BIN_EXE_bluehook"))
+        .args(["stats", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let human = String::from_utf8(human.stdout).unwrap();
+    assert!(human.contains("delivery rate  75.0%"), "{human}");
+    assert!(dev.interrupt().success());
+}
+
+#[tokio::test]
+async fn a_message_that_keeps_failing_is_dead_lettered_and_replay_moves_it_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bluehook.toml");
+    std::fs::write(
+        &config,
+        "[queue]\nvisibility_timeout_secs = 1\nmax_receive_count = 2\n\n[sources.sendblue]\nprovider = \"sendblue\"\nsecrets = [\"s\"]\n\n[sinks.analytics]\n",
+    )
+    .unwrap();
+    let dev = DevProcess::start(dir.path(), &["--config", config.to_str().unwrap()]);
+    // A message no stage can read, put straight on the analytics queue.
+    let db = bluehook::sqlite::Db::open(&dir.path().join("bluehook.db")).unwrap();
+    let q = bluehook::SqliteQueue::new(db, "analytics", Duration::from_secs(1), 2);
+    use bluehook::queue::Queue;
+    q.send(&[bluehook::queue::OutgoingMessage {
+        id: "poison".into(),
+        body: "not an event".into(),
+    }])
+    .await
+    .unwrap();
+    let s = wait_for(dir.path(), "the dead-letter queue", |s| {
+        s["queues"]["analytics"]["dead_lettered"] == 1
+    });
+    assert_eq!(s["dead_lettered"], 1);
+    assert_eq!(s["queues"]["analytics"]["queued"], 0);
+
+    let replay = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_bluehook"))
+            .arg("replay")
+            .args(args)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, out) = replay(&["--queue", "analytics", "--max", "5"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("moved 1 messages"), "{out}");
+    let (ok, out) = replay(&["--queue", "nosuch"]);
+    assert!(!ok && out.contains("unknown local queue"), "{out}");
+    // Back on its queue, it fails again and returns to the dead-letter queue.
+    wait_for(dir.path(), "the second dead-lettering", |s| {
+        s["queues"]["analytics"]["dead_lettered"] == 1
+    });
+    assert!(dev.interrupt().success());
+}

@@ -1,21 +1,40 @@
 //! Glue for the Lambda functions: configuration from the environment, AWS clients built once
 //! per process, and the lambda_http request turned into an [`IngressRequest`].
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::analytics::Analytics;
 use crate::config::{needs_ssm, Config};
 use crate::idempotency::dynamodb::DynamoIdempotency;
 use crate::ingress::{build_sources, Ingress, IngressRequest, RequestBody};
 use crate::metrics::LogMetrics;
+use crate::objects::S3Store;
 use crate::queue::sqs::SqsQueue;
+use crate::queue::Queue;
+use crate::router::Router;
+use crate::routing::{Destination, Routes};
 
 /// Environment variables the functions read (the template sets each of them).
 pub const ENV_CONFIG: &str = "BLUEHOOK_CONFIG";
 pub const ENV_CONFIG_SSM: &str = "BLUEHOOK_CONFIG_SSM";
 pub const ENV_IDEMPOTENCY_TABLE: &str = "BLUEHOOK_IDEMPOTENCY_TABLE";
 pub const ENV_EVENTS_QUEUE_URL: &str = "BLUEHOOK_EVENTS_QUEUE_URL";
+pub const ENV_CRM_QUEUE_URL: &str = "BLUEHOOK_CRM_QUEUE_URL";
+pub const ENV_SMS_FALLBACK_QUEUE_URL: &str = "BLUEHOOK_SMS_FALLBACK_QUEUE_URL";
+pub const ENV_ANALYTICS_QUEUE_URL: &str = "BLUEHOOK_ANALYTICS_QUEUE_URL";
+pub const ENV_ANALYTICS_BUCKET: &str = "BLUEHOOK_ANALYTICS_BUCKET";
+
+/// The environment variable holding the queue URL of a destination.
+pub fn destination_queue_env(d: Destination) -> &'static str {
+    match d {
+        Destination::Crm => ENV_CRM_QUEUE_URL,
+        Destination::SmsFallback => ENV_SMS_FALLBACK_QUEUE_URL,
+        Destination::Analytics => ENV_ANALYTICS_QUEUE_URL,
+    }
+}
 
 fn required_env(name: &str) -> anyhow::Result<String> {
     std::env::var(name).map_err(|_| anyhow::anyhow!("environment variable {name} is not set"))
@@ -56,6 +75,32 @@ pub async fn ingress_from_env() -> anyhow::Result<Ingress> {
         Arc::new(LogMetrics),
         config.ingress,
     ))
+}
+
+/// Builds the router from the environment. A destination is on when its queue URL is set and
+/// (for the CRM and the SMS fallback) its `[sinks.<name>]` section exists; events routed to a
+/// destination that is off are counted as skipped.
+pub async fn router_from_env() -> anyhow::Result<Router> {
+    let aws = aws_config::load_from_env().await;
+    let config = load_config(&aws_sdk_ssm::Client::new(&aws)).await?;
+    let routes = Routes::from_config(&config.routes)?;
+    let sqs = aws_sdk_sqs::Client::new(&aws);
+    let mut queues: BTreeMap<Destination, Arc<dyn Queue>> = BTreeMap::new();
+    for d in Destination::ALL {
+        let configured = d == Destination::Analytics || config.sinks.contains_key(d.as_str());
+        if let (true, Ok(url)) = (configured, std::env::var(destination_queue_env(d))) {
+            queues.insert(d, Arc::new(SqsQueue::new(sqs.clone(), url)));
+        }
+    }
+    Ok(Router::new(routes, queues, Arc::new(LogMetrics)))
+}
+
+/// Builds the analytics sink from the environment: the archive bucket, EMF metrics on.
+pub async fn analytics_from_env() -> anyhow::Result<Analytics> {
+    let aws = aws_config::load_from_env().await;
+    let bucket = required_env(ENV_ANALYTICS_BUCKET)?;
+    let store = Arc::new(S3Store::new(aws_sdk_s3::Client::new(&aws), bucket));
+    Ok(Analytics::new(store, Arc::new(LogMetrics), true))
 }
 
 /// The path as the ingress routes it: API Gateway may put a stage name in front of

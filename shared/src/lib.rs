@@ -4,9 +4,13 @@
 //! - [`provider`]: one module per provider: authenticate, parse, samples.
 //! - [`ingress`]: the HTTP handler shared by Lambda and the local server.
 //! - [`idempotency`] and [`queue`]: ports with AWS (DynamoDB, SQS) and SQLite adapters.
+//! - [`routing`] and [`router`]: which sinks an event goes to; [`processing`]: SQS batches with
+//!   partial failures, on Lambda and locally.
+//! - [`analytics`]: the NDJSON archive (S3 / local folder), EMF metrics, rates.
 //! - [`local`]: `bluehook dev`, the one-process pipeline on SQLite.
 //! - [`lambda`]: glue for the Lambda functions.
 
+pub mod analytics;
 pub mod config;
 pub mod event;
 pub mod idempotency;
@@ -14,8 +18,13 @@ pub mod ingress;
 pub mod lambda;
 pub mod local;
 pub mod metrics;
+pub mod objects;
+pub mod processing;
 pub mod provider;
 pub mod queue;
+pub mod replay;
+pub mod router;
+pub mod routing;
 pub mod sqlite;
 pub mod telemetry;
 

@@ -12,7 +12,8 @@ use crate::sqlite::{Db, DbError};
 pub const RECEIVED: &str = "received";
 pub const ACCEPTED: &str = "accepted";
 pub const DUPLICATES: &str = "duplicates";
-pub const PROCESSED: &str = "processed";
+/// `processed.<queue>`: records a local stage finished and deleted.
+pub const PROCESSED_PREFIX: &str = "processed.";
 /// Registration pings answered (never queued).
 pub const PINGS: &str = "pings";
 /// Prefix of `rejected.<error code>` counters.
@@ -101,6 +102,7 @@ impl Metrics for MemoryMetrics {
 pub struct QueueStats {
     pub queued: u64,
     pub dead_lettered: u64,
+    pub processed: u64,
 }
 
 /// What `bluehook stats --json` prints.
@@ -120,8 +122,12 @@ pub struct Stats {
     pub auth_failures: BTreeMap<String, u64>,
     /// Messages waiting in the local queues now.
     pub queued: u64,
-    /// Events the local worker has written to the event log.
+    /// Events taken off the events queue (written to the event log and routed).
     pub processed: u64,
+    /// Events sent on to each destination's queue.
+    pub routed: BTreeMap<String, u64>,
+    /// Events routed to a destination whose sink is off.
+    pub skipped: BTreeMap<String, u64>,
     /// Messages in the dead-letter queues now.
     pub dead_lettered: u64,
     pub queues: BTreeMap<String, QueueStats>,
@@ -144,11 +150,17 @@ impl Stats {
                 .map(|c| ((*c).to_owned(), 0))
                 .collect();
             let mut auth_failures = BTreeMap::new();
+            let mut routed = BTreeMap::new();
+            let mut skipped = BTreeMap::new();
             for (k, v) in &counters {
                 if let Some(code) = k.strip_prefix(REJECTED_PREFIX) {
                     rejected.insert(code.to_owned(), *v);
                 } else if let Some(reason) = k.strip_prefix(AUTH_PREFIX) {
                     auth_failures.insert(reason.to_owned(), *v);
+                } else if let Some(d) = k.strip_prefix("routed.") {
+                    routed.insert(d.to_owned(), *v);
+                } else if let Some(d) = k.strip_prefix("skipped.") {
+                    skipped.insert(d.to_owned(), *v);
                 }
             }
             let mut per_queue = BTreeMap::new();
@@ -158,6 +170,7 @@ impl Stats {
                     QueueStats {
                         queued: queue_depth(c, q)?,
                         dead_lettered: queue_depth(c, &dead_letter_name(q))?,
+                        processed: get(&format!("{PROCESSED_PREFIX}{q}")),
                     },
                 );
             }
@@ -169,7 +182,9 @@ impl Stats {
                 rejected,
                 auth_failures,
                 queued: per_queue.values().map(|q| q.queued).sum(),
-                processed: get(PROCESSED),
+                processed: get(&format!("{PROCESSED_PREFIX}{}", crate::local::EVENTS_QUEUE)),
+                routed,
+                skipped,
                 dead_lettered: per_queue.values().map(|q| q.dead_lettered).sum(),
                 queues: per_queue,
             })

@@ -10,13 +10,12 @@ use std::collections::{HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use tokio::sync::watch;
+use std::sync::{Arc, Mutex};
 
 use crate::event::Event;
-use crate::metrics;
-use crate::queue::{Queue, SqliteQueue};
+use crate::processing::{Processor, Record};
+use crate::router::Router;
 
 pub const FILE_NAME: &str = "events.ndjson";
 /// How much of the log's tail is read at start to recognise redelivered events.
@@ -137,66 +136,51 @@ fn read_tail(file: &mut File) -> io::Result<Tail> {
     Ok(Tail { start, bytes })
 }
 
-/// Drains `queue` into the event log until `shutdown` turns true.
-pub async fn run_worker(
-    queue: SqliteQueue,
-    mut log: EventLog,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    loop {
-        if *shutdown.borrow() {
-            break;
+/// The local events-queue stage: every event is written to the event log (once), then routed.
+/// A batch the log cannot take is retried whole; one the router cannot fully send is retried
+/// for the records it names (the log recognises their events and does not write them again).
+pub struct LoggingRouter {
+    log: Arc<Mutex<EventLog>>,
+    router: Router,
+}
+
+impl LoggingRouter {
+    pub fn new(log: EventLog, router: Router) -> LoggingRouter {
+        LoggingRouter {
+            log: Arc::new(Mutex::new(log)),
+            router,
         }
-        let deliveries = tokio::select! {
-            got = queue.receive(256, Duration::from_secs(1)) => got,
-            _ = shutdown.changed() => break,
-        };
-        let deliveries = match deliveries {
-            Ok(d) if d.is_empty() => continue,
-            Ok(d) => d,
-            Err(e) => {
-                tracing::error!(error = %e, "event log worker: receive failed");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        let mut events = Vec::with_capacity(deliveries.len());
-        let mut receipts = Vec::with_capacity(deliveries.len());
-        for d in deliveries {
-            match Event::from_json(&d.body) {
-                Ok(ev) => {
-                    events.push(ev);
-                    receipts.push(d.receipt);
-                }
-                // Left on the queue: after the maximum receives it moves to the dead-letter queue.
-                Err(e) => tracing::error!(message_id = %d.message_id, error = %e, "not an event"),
-            }
-        }
-        let appended = tokio::task::spawn_blocking(move || {
-            let r = log.append(&events);
-            (log, r, events.len())
+    }
+}
+
+#[async_trait::async_trait]
+impl Processor for LoggingRouter {
+    fn name(&self) -> &'static str {
+        "router"
+    }
+
+    async fn process(&self, batch: Vec<Record>) -> Vec<String> {
+        let (events, _) = Router::parse_batch(&batch);
+        let events: Vec<Event> = events.into_iter().map(|(_, e)| e).collect();
+        let log = self.log.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            log.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .append(&events)
         })
         .await;
-        let (returned, result, handled) = match appended {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::error!(error = %e, "event log worker stopped");
-                return;
-            }
-        };
-        log = returned;
-        match result {
-            Ok(written) => {
-                tracing::debug!(written, handled, "events logged");
-                if let Err(e) = queue.delete_counted(&receipts, metrics::PROCESSED).await {
-                    tracing::error!(error = %e, "event log worker: delete failed");
-                }
-            }
-            Err(e) => {
+        match written {
+            Ok(Ok(n)) => tracing::debug!(written = n, "events logged"),
+            Ok(Err(e)) => {
                 tracing::error!(error = %e, "cannot write the event log; events stay queued");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                return batch.into_iter().map(|r| r.id).collect();
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "event log writer failed");
+                return batch.into_iter().map(|r| r.id).collect();
             }
         }
+        self.router.process(batch).await
     }
 }
 

@@ -12,16 +12,33 @@ use rand::RngCore;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use std::collections::BTreeMap;
+
+use crate::analytics::Analytics;
 use crate::config::{needs_ssm, Config, SourceConfig};
 use crate::idempotency::sqlite::SqliteIdempotency;
 use crate::ingress::{build_sources, Ingress};
 use crate::metrics::SqliteCounters;
+use crate::objects::LocalDir;
+use crate::processing::run_local_worker;
+use crate::queue::Queue;
 use crate::queue::SqliteQueue;
+use crate::router::Router;
+use crate::routing::{Destination, Routes};
 use crate::sqlite::Db;
 
 /// The local events queue (and `events-dlq`, its dead-letter queue).
 pub const EVENTS_QUEUE: &str = "events";
 pub const DB_FILE: &str = "bluehook.db";
+/// The local analytics archive, under the data folder.
+pub const ANALYTICS_DIR: &str = "analytics";
+
+/// Every local queue (each has a `-dlq`).
+pub fn local_queues() -> Vec<&'static str> {
+    std::iter::once(EVENTS_QUEUE)
+        .chain(Destination::ALL.iter().map(|d| d.queue_name()))
+        .collect()
+}
 /// Where `bluehook dev` keeps the secret it made up when there is no config file.
 pub const DEV_SECRET_FILE: &str = "dev-secret";
 /// The source served when there is no config file.
@@ -128,11 +145,48 @@ pub async fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
         sources,
         Arc::new(idempotency.clone()),
         Arc::new(queue.clone()),
-        metrics,
+        metrics.clone(),
         config.ingress.clone(),
     ));
     let log = event_log::EventLog::open(&opts.data_dir)?;
     let log_path = log.path().to_owned();
+
+    // Sinks: analytics writes under <data-dir>/analytics (on with the built-in default config or
+    // a [sinks.analytics] section); the CRM and SMS-fallback sinks are not available yet, so
+    // events routed to them are counted as skipped.
+    let routes = Routes::from_config(&config.routes)?;
+    for name in config.sinks.keys() {
+        match Destination::parse(name) {
+            Some(Destination::Analytics) => {}
+            Some(d) => tracing::warn!(
+                sink = d.as_str(),
+                "this sink is not available yet; events routed to it are counted as skipped"
+            ),
+            None => {
+                anyhow::bail!("unknown sink `[sinks.{name}]` (known: crm, sms_fallback, analytics)")
+            }
+        }
+    }
+    let local_queue = |d: Destination| {
+        SqliteQueue::new(
+            db.clone(),
+            d.queue_name(),
+            Duration::from_secs(config.queue.visibility_timeout_secs),
+            config.queue.max_receive_count,
+        )
+    };
+    let analytics_on = dev_secret.is_some() || config.sinks.contains_key("analytics");
+    let mut destinations: BTreeMap<Destination, Arc<dyn Queue>> = BTreeMap::new();
+    if analytics_on {
+        destinations.insert(
+            Destination::Analytics,
+            Arc::new(local_queue(Destination::Analytics)),
+        );
+    }
+    for d in Destination::ALL {
+        local_queue(d).recover_in_flight().await?;
+    }
+    let router = Router::new(routes, destinations, metrics.clone());
 
     let listener = TcpListener::bind(&opts.listen)
         .await
@@ -149,14 +203,30 @@ pub async fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let server = tokio::spawn(server::serve(listener, ingress, stop_rx.clone()));
-    let worker = tokio::spawn(event_log::run_worker(queue, log, stop_rx.clone()));
+    let mut workers = vec![tokio::spawn(run_local_worker(
+        queue,
+        Arc::new(event_log::LoggingRouter::new(log, router)),
+        64,
+        stop_rx.clone(),
+    ))];
+    if analytics_on {
+        let store = Arc::new(LocalDir::new(opts.data_dir.join(ANALYTICS_DIR)));
+        workers.push(tokio::spawn(run_local_worker(
+            local_queue(Destination::Analytics),
+            Arc::new(Analytics::new(store, metrics, false)),
+            10,
+            stop_rx.clone(),
+        )));
+    }
     let purge = tokio::spawn(purge_expired_keys(idempotency, stop_rx));
 
     wait_for_signal().await;
     tracing::info!("stopping: finishing requests in flight");
     let _ = stop_tx.send(true);
     let _ = server.await;
-    let _ = worker.await;
+    for w in workers {
+        let _ = w.await;
+    }
     let _ = purge.await;
     db.flush().await?;
     println!("bluehook dev stopped cleanly");

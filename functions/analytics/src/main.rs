@@ -1,0 +1,19 @@
+//! The analytics Lambda: archives events as NDJSON in S3 and prints EMF metrics. Logic in
+//! `bluehook`.
+
+use std::sync::Arc;
+
+use aws_lambda_events::sqs::SqsEvent;
+use bluehook::processing::handle_sqs_event;
+use lambda_runtime::{run, service_fn, Error, LambdaEvent};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    bluehook::telemetry::init_json();
+    let analytics = Arc::new(bluehook::lambda::analytics_from_env().await?);
+    run(service_fn(move |event: LambdaEvent<SqsEvent>| {
+        let analytics = analytics.clone();
+        async move { Ok::<_, Error>(handle_sqs_event(analytics.as_ref(), event.payload).await) }
+    }))
+    .await
+}

@@ -1,0 +1,18 @@
+//! The router Lambda: events queue in, one queue per destination out. Logic in `bluehook`.
+
+use std::sync::Arc;
+
+use aws_lambda_events::sqs::SqsEvent;
+use bluehook::processing::handle_sqs_event;
+use lambda_runtime::{run, service_fn, Error, LambdaEvent};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    bluehook::telemetry::init_json();
+    let router = Arc::new(bluehook::lambda::router_from_env().await?);
+    run(service_fn(move |event: LambdaEvent<SqsEvent>| {
+        let router = router.clone();
+        async move { Ok::<_, Error>(handle_sqs_event(router.as_ref(), event.payload).await) }
+    }))
+    .await
+}

@@ -1,0 +1,169 @@
+//! The router: reads events off the events queue and sends each to the queue of every
+//! destination its routes name (batched sends, destinations in parallel). A destination whose
+//! sink is not configured is counted as `skipped.<destination>`, never dropped silently. A
+//! record that is not an event is named for retry, so it ends in the dead-letter queue.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::event::Event;
+use crate::metrics::Metrics;
+use crate::processing::{send_all, Processor, Record};
+use crate::queue::{OutgoingMessage, Queue};
+use crate::routing::{Destination, Routes};
+
+pub struct Router {
+    routes: Routes,
+    queues: BTreeMap<Destination, Arc<dyn Queue>>,
+    metrics: Arc<dyn Metrics>,
+}
+
+impl Router {
+    /// `queues` holds the destinations whose sinks are on.
+    pub fn new(
+        routes: Routes,
+        queues: BTreeMap<Destination, Arc<dyn Queue>>,
+        metrics: Arc<dyn Metrics>,
+    ) -> Router {
+        Router {
+            routes,
+            queues,
+            metrics,
+        }
+    }
+
+    /// Parses a batch: the events, and the ids of records that are not events.
+    pub fn parse_batch(batch: &[Record]) -> (Vec<(&Record, Event)>, Vec<String>) {
+        let mut events = Vec::with_capacity(batch.len());
+        let mut poisoned = Vec::new();
+        for r in batch {
+            match Event::from_json(&r.body) {
+                Ok(ev) => events.push((r, ev)),
+                Err(e) => {
+                    tracing::error!(record = %r.id, receive_count = r.receive_count, error = %e, "not an event; retried, then dead-lettered");
+                    poisoned.push(r.id.clone());
+                }
+            }
+        }
+        (events, poisoned)
+    }
+}
+
+#[async_trait]
+impl Processor for Router {
+    fn name(&self) -> &'static str {
+        "router"
+    }
+
+    async fn process(&self, batch: Vec<Record>) -> Vec<String> {
+        let (events, mut failed) = Router::parse_batch(&batch);
+        let mut per_destination: BTreeMap<Destination, Vec<(String, OutgoingMessage)>> =
+            BTreeMap::new();
+        for (record, event) in &events {
+            for d in self.routes.destinations(event) {
+                if self.queues.contains_key(&d) {
+                    per_destination.entry(d).or_default().push((
+                        record.id.clone(),
+                        OutgoingMessage {
+                            id: event.id.clone(),
+                            body: record.body.clone(),
+                        },
+                    ));
+                } else {
+                    self.metrics.incr(&format!("skipped.{}", d.as_str()), 1);
+                }
+            }
+        }
+        let sends = per_destination.iter().map(|(d, items)| async move {
+            let failed = send_all(self.queues[d].as_ref(), items).await;
+            (*d, items.len(), failed)
+        });
+        for (d, sent, f) in futures_util::future::join_all(sends).await {
+            self.metrics
+                .incr(&format!("routed.{}", d.as_str()), (sent - f.len()) as u64);
+            failed.extend(f);
+        }
+        failed.sort_unstable();
+        failed.dedup();
+        failed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Direction, EventKind, MessageStatus, Service};
+    use crate::metrics::MemoryMetrics;
+    use crate::queue::{Delivery, QueueError};
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    #[derive(Default)]
+    struct VecQueue(Mutex<Vec<OutgoingMessage>>);
+
+    #[async_trait]
+    impl Queue for VecQueue {
+        async fn send(&self, m: &[OutgoingMessage]) -> Result<(), QueueError> {
+            assert!(m.len() <= 10, "batches of at most ten");
+            self.0.lock().unwrap().extend_from_slice(m);
+            Ok(())
+        }
+        async fn receive(&self, _: usize, _: Duration) -> Result<Vec<Delivery>, QueueError> {
+            Ok(vec![])
+        }
+        async fn delete(&self, _: &[String]) -> Result<(), QueueError> {
+            Ok(())
+        }
+    }
+
+    fn record(i: usize, status: MessageStatus) -> Record {
+        let mut e = Event::new(
+            "sb",
+            "sendblue",
+            EventKind::MessageStatus,
+            format!("k{i}"),
+            chrono::Utc::now(),
+            "{}".into(),
+        );
+        e.status = Some(status);
+        e.service = Some(Service::IMessage);
+        e.direction = Some(Direction::Outbound);
+        Record {
+            id: format!("m{i}"),
+            body: e.to_json(),
+            receive_count: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn fans_out_and_fails_only_the_poisoned_record() {
+        let crm = Arc::new(VecQueue::default());
+        let analytics = Arc::new(VecQueue::default());
+        let metrics = Arc::new(MemoryMetrics::default());
+        let mut queues: BTreeMap<Destination, Arc<dyn Queue>> = BTreeMap::new();
+        queues.insert(Destination::Crm, crm.clone());
+        queues.insert(Destination::Analytics, analytics.clone());
+        let router = Router::new(Routes::defaults(), queues, metrics.clone());
+        let mut batch: Vec<Record> = (0..12)
+            .map(|i| record(i, MessageStatus::Delivered))
+            .collect();
+        batch.push(record(12, MessageStatus::Failed));
+        batch.insert(
+            5,
+            Record {
+                id: "poison".into(),
+                body: "{not an event".into(),
+                receive_count: 1,
+            },
+        );
+        let failed = router.process(batch).await;
+        assert_eq!(failed, vec!["poison".to_owned()]);
+        assert_eq!(crm.0.lock().unwrap().len(), 13);
+        assert_eq!(analytics.0.lock().unwrap().len(), 13);
+        // The failed iMessage would go to the SMS fallback, which is not configured here.
+        assert_eq!(metrics.get("skipped.sms_fallback"), 1);
+        assert_eq!(metrics.get("routed.crm"), 13);
+    }
+}
