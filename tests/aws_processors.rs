@@ -210,3 +210,13 @@ async fn replay_moves_dead_lettered_messages_back_to_their_queue() {
         .unwrap_err();
     assert!(err.to_string().contains("no dead-letter queue"), "{err}");
 }
+
+#[tokio::test]
+async fn dynamodb_state_store_keeps_the_state_contract() {
+    let conf = common::aws_config(&common::moto_endpoint()).await;
+    let ddb = aws_sdk_dynamodb::Client::new(&conf);
+    let table = common::unique("state");
+    common::create_idempotency_table(&ddb, &table).await;
+    let store = bluehook::state::dynamodb::DynamoState::new(ddb, &table);
+    bluehook::state::contract::run(&store, "sb").await;
+}

@@ -260,11 +260,18 @@ pub async fn resolve_secrets(
 
 /// True when any source refers to SSM, so callers build an SSM client only when needed.
 pub fn needs_ssm(config: &Config) -> bool {
-    config
-        .sources
-        .values()
-        .flat_map(|s| s.secrets.iter())
-        .any(|r| r.starts_with("ssm:"))
+    let in_sinks = config.sinks.values().any(|v| {
+        v.as_table().is_some_and(|t| {
+            t.values()
+                .any(|v| v.as_str().is_some_and(|s| s.starts_with("ssm:")))
+        })
+    });
+    in_sinks
+        || config
+            .sources
+            .values()
+            .flat_map(|s| s.secrets.iter())
+            .any(|r| r.starts_with("ssm:"))
 }
 
 #[cfg(test)]

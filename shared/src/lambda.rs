@@ -16,6 +16,9 @@ use crate::queue::sqs::SqsQueue;
 use crate::queue::Queue;
 use crate::router::Router;
 use crate::routing::{Destination, Routes};
+use crate::sinks::crm::{CrmAdapter, CrmSync};
+use crate::sinks::sms::{SmsFallback, SmsSender};
+use crate::state::dynamodb::DynamoState;
 
 /// Environment variables the functions read (the template sets each of them).
 pub const ENV_CONFIG: &str = "BLUEHOOK_CONFIG";
@@ -26,6 +29,7 @@ pub const ENV_CRM_QUEUE_URL: &str = "BLUEHOOK_CRM_QUEUE_URL";
 pub const ENV_SMS_FALLBACK_QUEUE_URL: &str = "BLUEHOOK_SMS_FALLBACK_QUEUE_URL";
 pub const ENV_ANALYTICS_QUEUE_URL: &str = "BLUEHOOK_ANALYTICS_QUEUE_URL";
 pub const ENV_ANALYTICS_BUCKET: &str = "BLUEHOOK_ANALYTICS_BUCKET";
+pub const ENV_STATE_TABLE: &str = "BLUEHOOK_STATE_TABLE";
 
 /// The environment variable holding the queue URL of a destination.
 pub fn destination_queue_env(d: Destination) -> &'static str {
@@ -101,6 +105,63 @@ pub async fn analytics_from_env() -> anyhow::Result<Analytics> {
     let bucket = required_env(ENV_ANALYTICS_BUCKET)?;
     let store = Arc::new(S3Store::new(aws_sdk_s3::Client::new(&aws), bucket));
     Ok(Analytics::new(store, Arc::new(LogMetrics), true))
+}
+
+/// The `[sinks.<name>]` section a sink function needs.
+fn sink_section(config: &Config, d: Destination) -> anyhow::Result<&toml::Value> {
+    config
+        .sinks
+        .get(d.as_str())
+        .ok_or_else(|| anyhow::anyhow!("the config has no [sinks.{}] section", d.as_str()))
+}
+
+/// Builds crm-sync from the environment: the state and idempotency tables, the CRM adapter.
+pub async fn crm_sync_from_env() -> anyhow::Result<CrmSync> {
+    let aws = aws_config::load_from_env().await;
+    let ssm = aws_sdk_ssm::Client::new(&aws);
+    let config = load_config(&ssm).await?;
+    let adapter =
+        CrmAdapter::from_config(sink_section(&config, Destination::Crm)?, None, Some(&ssm)).await?;
+    let ddb = aws_sdk_dynamodb::Client::new(&aws);
+    Ok(CrmSync::new(
+        Arc::new(DynamoState::new(
+            ddb.clone(),
+            required_env(ENV_STATE_TABLE)?,
+        )),
+        Arc::new(DynamoIdempotency::new(
+            ddb,
+            required_env(ENV_IDEMPOTENCY_TABLE)?,
+        )),
+        adapter,
+        Arc::new(LogMetrics),
+    ))
+}
+
+/// Builds sms-fallback from the environment: the state table (for content), the idempotency
+/// table (effect keys), the SMS provider.
+pub async fn sms_fallback_from_env() -> anyhow::Result<SmsFallback> {
+    let aws = aws_config::load_from_env().await;
+    let ssm = aws_sdk_ssm::Client::new(&aws);
+    let config = load_config(&ssm).await?;
+    let sender = SmsSender::from_config(
+        sink_section(&config, Destination::SmsFallback)?,
+        None,
+        Some(&ssm),
+    )
+    .await?;
+    let ddb = aws_sdk_dynamodb::Client::new(&aws);
+    Ok(SmsFallback::new(
+        Some(Arc::new(DynamoState::new(
+            ddb.clone(),
+            required_env(ENV_STATE_TABLE)?,
+        ))),
+        Arc::new(DynamoIdempotency::new(
+            ddb,
+            required_env(ENV_IDEMPOTENCY_TABLE)?,
+        )),
+        sender,
+        Arc::new(LogMetrics),
+    ))
 }
 
 /// The path as the ingress routes it: API Gateway may put a stage name in front of

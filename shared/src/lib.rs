@@ -25,7 +25,9 @@ pub mod queue;
 pub mod replay;
 pub mod router;
 pub mod routing;
+pub mod sinks;
 pub mod sqlite;
+pub mod state;
 pub mod telemetry;
 
 pub use event::{Event, EventKind, MessageStatus, Service};

@@ -48,7 +48,8 @@ CREATE TABLE IF NOT EXISTS idempotency (
     token TEXT NOT NULL,
     event_id TEXT,
     lease_until_ms INTEGER NOT NULL,
-    expires_at INTEGER NOT NULL     -- Unix seconds
+    expires_at INTEGER NOT NULL,    -- Unix seconds
+    result TEXT                     -- what an effect produced (sinks' effect keys)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS idempotency_expiry ON idempotency(expires_at);
 
@@ -63,6 +64,43 @@ CREATE TABLE IF NOT EXISTS queue_messages (
     receipt TEXT
 );
 CREATE INDEX IF NOT EXISTS queue_visible ON queue_messages(queue, visible_at_ms, seq);
+
+CREATE TABLE IF NOT EXISTS message_state (
+    source TEXT NOT NULL,
+    handle TEXT NOT NULL,
+    status TEXT NOT NULL,
+    rank INTEGER NOT NULL,
+    status_event TEXT NOT NULL,     -- id of the event that set the status
+    content TEXT,
+    service TEXT,
+    line TEXT,
+    contact TEXT,
+    updated_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (source, handle)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS conversations (
+    line TEXT NOT NULL,
+    contact TEXT NOT NULL,
+    last_inbound_at_ms INTEGER,
+    last_inbound_handle TEXT,
+    last_outbound_at_ms INTEGER,
+    last_outbound_handle TEXT,
+    last_delivered_at_ms INTEGER,
+    last_read_at_ms INTEGER,
+    opted_out INTEGER NOT NULL DEFAULT 0,
+    service TEXT,
+    PRIMARY KEY (line, contact)
+) WITHOUT ROWID;
+
+-- What a sink with no outbound adapter would have sent (local mode).
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    sink TEXT NOT NULL,
+    key TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL
+);
 
 CREATE TABLE IF NOT EXISTS counters (
     name TEXT PRIMARY KEY,

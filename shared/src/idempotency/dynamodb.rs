@@ -146,6 +146,44 @@ impl IdempotencyStore for DynamoIdempotency {
         }
     }
 
+    async fn complete_with_result(
+        &self,
+        key: &str,
+        token: &ClaimToken,
+        t: ClaimTimes,
+        result: &str,
+    ) -> Result<(), StoreError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(key))
+            .update_expression("SET #st = :completed, expires_at = :exp, #res = :res")
+            .expression_attribute_names("#res", "result")
+            .expression_attribute_values(":res", s(result))
+            .condition_expression(HOLDER_CONDITION)
+            .expression_attribute_names("#st", "state")
+            .expression_attribute_names("#tok", "token")
+            .expression_attribute_values(":completed", s("completed"))
+            .expression_attribute_values(":in_progress", s("in_progress"))
+            .expression_attribute_values(":tok", s(&token.0))
+            .expression_attribute_values(":exp", n(t.expires_at_secs()))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(SdkError::ServiceError(se))
+                if matches!(
+                    se.err(),
+                    UpdateItemError::ConditionalCheckFailedException(_)
+                ) =>
+            {
+                Err(StoreError("claim lost before completion".into()))
+            }
+            Err(e) => Err(err(e)),
+        }
+    }
+
     async fn release(&self, key: &str, token: &ClaimToken) -> Result<(), StoreError> {
         let result = self
             .client

@@ -67,6 +67,16 @@ impl IdempotencyStore for MemoryIdempotency {
         }
     }
 
+    async fn complete_with_result(
+        &self,
+        key: &str,
+        token: &ClaimToken,
+        t: ClaimTimes,
+        _result: &str,
+    ) -> Result<(), StoreError> {
+        self.complete(key, token, t).await
+    }
+
     async fn release(&self, key: &str, token: &ClaimToken) -> Result<(), StoreError> {
         let mut entries = self.entries.lock().unwrap();
         if entries

@@ -76,6 +76,14 @@ pub trait IdempotencyStore: Send + Sync {
         token: &ClaimToken,
         times: ClaimTimes,
     ) -> Result<(), StoreError>;
+    /// Completes the claim and records what the effect produced (a provider's message id, ...).
+    async fn complete_with_result(
+        &self,
+        key: &str,
+        token: &ClaimToken,
+        times: ClaimTimes,
+        result: &str,
+    ) -> Result<(), StoreError>;
     /// Gives the key back after a failed enqueue.
     async fn release(&self, key: &str, token: &ClaimToken) -> Result<(), StoreError>;
 }
@@ -148,7 +156,14 @@ pub mod contract {
             Claim::InProgress { .. }
         ));
         assert!(store.complete(&k2, &tok2, times(t0 + 3)).await.is_err());
-        store.complete(&k2, &tok2b, times(t0 + 3)).await.unwrap();
+        store
+            .complete_with_result(&k2, &tok2b, times(t0 + 3), "SM123")
+            .await
+            .unwrap();
+        assert_eq!(
+            store.claim(&k2, "e2", times(t0 + 4)).await.unwrap(),
+            Claim::Completed
+        );
 
         // A claim whose holder died is taken over once its lease ran out.
         let k3 = format!("{prefix}-k3");

@@ -17,6 +17,22 @@ impl SqliteIdempotency {
         SqliteIdempotency { db }
     }
 
+    /// Frees every in-progress claim whose key starts with `prefix`. For a restart of the only
+    /// process that could hold them, and only for effects that are safe to repeat. Returns how
+    /// many.
+    pub async fn release_in_progress(&self, prefix: &str) -> Result<usize, StoreError> {
+        let pattern = format!("{}%", prefix.replace('%', "\\%").replace('_', "\\_"));
+        self.db
+            .write(move |c| {
+                c.execute(
+                    "DELETE FROM idempotency WHERE state = 'in_progress' AND key LIKE ?1 ESCAPE '\\'",
+                    [pattern],
+                )
+            })
+            .await
+            .map_err(|e| StoreError(e.to_string()))
+    }
+
     /// Deletes keys that expired before `now_secs`; returns how many.
     pub async fn purge_expired(&self, now_secs: i64) -> Result<usize, StoreError> {
         self.db
@@ -94,6 +110,32 @@ impl IdempotencyStore for SqliteIdempotency {
                     "UPDATE idempotency SET state = 'completed', expires_at = ?3
                      WHERE key = ?1 AND token = ?2 AND state = 'in_progress'",
                     params![key, tok, t.expires_at_secs()],
+                )
+            })
+            .await
+            .map_err(|e| StoreError(e.to_string()))?;
+        if n == 1 {
+            Ok(())
+        } else {
+            Err(StoreError("claim lost before completion".into()))
+        }
+    }
+
+    async fn complete_with_result(
+        &self,
+        key: &str,
+        token: &ClaimToken,
+        t: ClaimTimes,
+        result: &str,
+    ) -> Result<(), StoreError> {
+        let (key, tok, result) = (key.to_owned(), token.0.clone(), result.to_owned());
+        let n = self
+            .db
+            .write(move |c| {
+                c.execute(
+                    "UPDATE idempotency SET state = 'completed', expires_at = ?3, result = ?4
+                     WHERE key = ?1 AND token = ?2 AND state = 'in_progress'",
+                    params![key, tok, t.expires_at_secs(), result],
                 )
             })
             .await

@@ -17,15 +17,21 @@ use std::collections::BTreeMap;
 use crate::analytics::Analytics;
 use crate::config::{needs_ssm, Config, SourceConfig};
 use crate::idempotency::sqlite::SqliteIdempotency;
+use crate::idempotency::IdempotencyStore;
 use crate::ingress::{build_sources, Ingress};
 use crate::metrics::SqliteCounters;
 use crate::objects::LocalDir;
-use crate::processing::run_local_worker;
+use crate::processing::{run_local_worker, Processor};
 use crate::queue::Queue;
 use crate::queue::SqliteQueue;
 use crate::router::Router;
 use crate::routing::{Destination, Routes};
+use crate::sinks::crm::{CrmAdapter, CrmSync};
+use crate::sinks::sms::{SmsFallback, SmsSender};
+use crate::sinks::Outbox;
 use crate::sqlite::Db;
+use crate::state::sqlite::SqliteState;
+use crate::state::StateStore;
 
 /// The local events queue (and `events-dlq`, its dead-letter queue).
 pub const EVENTS_QUEUE: &str = "events";
@@ -151,20 +157,12 @@ pub async fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
     let log = event_log::EventLog::open(&opts.data_dir)?;
     let log_path = log.path().to_owned();
 
-    // Sinks: analytics writes under <data-dir>/analytics (on with the built-in default config or
-    // a [sinks.analytics] section); the CRM and SMS-fallback sinks are not available yet, so
-    // events routed to them are counted as skipped.
+    // Sinks: with the built-in default config all three are on (CRM and SMS into the outbox
+    // table); with a config file, each sink whose [sinks.<name>] section exists.
     let routes = Routes::from_config(&config.routes)?;
     for name in config.sinks.keys() {
-        match Destination::parse(name) {
-            Some(Destination::Analytics) => {}
-            Some(d) => tracing::warn!(
-                sink = d.as_str(),
-                "this sink is not available yet; events routed to it are counted as skipped"
-            ),
-            None => {
-                anyhow::bail!("unknown sink `[sinks.{name}]` (known: crm, sms_fallback, analytics)")
-            }
+        if Destination::parse(name).is_none() {
+            anyhow::bail!("unknown sink `[sinks.{name}]` (known: crm, sms_fallback, analytics)");
         }
     }
     let local_queue = |d: Destination| {
@@ -175,17 +173,61 @@ pub async fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
             config.queue.max_receive_count,
         )
     };
-    let analytics_on = dev_secret.is_some() || config.sinks.contains_key("analytics");
-    let mut destinations: BTreeMap<Destination, Arc<dyn Queue>> = BTreeMap::new();
-    if analytics_on {
-        destinations.insert(
+    let empty = toml::Value::Table(toml::Table::new());
+    let sink_section = |d: Destination| match (&dev_secret, config.sinks.get(d.as_str())) {
+        (_, Some(v)) => Some(v.clone()),
+        (Some(_), None) => Some(empty.clone()),
+        (None, None) => None,
+    };
+    let outbox = Outbox::new(db.clone());
+    let state: Arc<dyn StateStore> = Arc::new(SqliteState::new(db.clone()));
+    let effects: Arc<dyn IdempotencyStore> = Arc::new(idempotency.clone());
+    let ssm_ref = ssm.as_ref().map(|c| c as &dyn crate::config::SsmReader);
+    let mut stages: Vec<(Destination, Arc<dyn Processor>, usize)> = Vec::new();
+    if let Some(v) = sink_section(Destination::Crm) {
+        let adapter = CrmAdapter::from_config(&v, Some(outbox.clone()), ssm_ref).await?;
+        stages.push((
+            Destination::Crm,
+            Arc::new(CrmSync::new(
+                state.clone(),
+                effects.clone(),
+                adapter,
+                metrics.clone(),
+            )),
+            10,
+        ));
+    }
+    if let Some(v) = sink_section(Destination::SmsFallback) {
+        let sender = SmsSender::from_config(&v, Some(outbox.clone()), ssm_ref).await?;
+        stages.push((
+            Destination::SmsFallback,
+            Arc::new(SmsFallback::new(
+                Some(state.clone()),
+                effects.clone(),
+                sender,
+                metrics.clone(),
+            )),
+            10,
+        ));
+    }
+    if sink_section(Destination::Analytics).is_some() {
+        let store = Arc::new(LocalDir::new(opts.data_dir.join(ANALYTICS_DIR)));
+        stages.push((
             Destination::Analytics,
-            Arc::new(local_queue(Destination::Analytics)),
-        );
+            Arc::new(Analytics::new(store, metrics.clone(), false)),
+            10,
+        ));
+    }
+    let mut destinations: BTreeMap<Destination, Arc<dyn Queue>> = BTreeMap::new();
+    for (d, _, _) in &stages {
+        destinations.insert(*d, Arc::new(local_queue(*d)));
     }
     for d in Destination::ALL {
         local_queue(d).recover_in_flight().await?;
     }
+    // CRM pushes a previous run left half-done may be repeated (the receiver dedupes by
+    // webhook-id); fallback SMS claims are kept: an SMS of unknown outcome is never resent.
+    idempotency.release_in_progress("effect:crm:").await?;
     let router = Router::new(routes, destinations, metrics.clone());
 
     let listener = TcpListener::bind(&opts.listen)
@@ -209,12 +251,11 @@ pub async fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
         64,
         stop_rx.clone(),
     ))];
-    if analytics_on {
-        let store = Arc::new(LocalDir::new(opts.data_dir.join(ANALYTICS_DIR)));
+    for (d, stage, batch) in stages {
         workers.push(tokio::spawn(run_local_worker(
-            local_queue(Destination::Analytics),
-            Arc::new(Analytics::new(store, metrics, false)),
-            10,
+            local_queue(d),
+            stage,
+            batch,
             stop_rx.clone(),
         )));
     }

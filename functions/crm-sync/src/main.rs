@@ -1,0 +1,18 @@
+//! The crm-sync Lambda: conversation state in DynamoDB, each change pushed to the CRM once. Logic in `bluehook`.
+
+use std::sync::Arc;
+
+use aws_lambda_events::sqs::SqsEvent;
+use bluehook::processing::handle_sqs_event;
+use lambda_runtime::{run, service_fn, Error, LambdaEvent};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    bluehook::telemetry::init_json();
+    let sink = Arc::new(bluehook::lambda::crm_sync_from_env().await?);
+    run(service_fn(move |event: LambdaEvent<SqsEvent>| {
+        let sink = sink.clone();
+        async move { Ok::<_, Error>(handle_sqs_event(sink.as_ref(), event.payload).await) }
+    }))
+    .await
+}

@@ -1,0 +1,340 @@
+//! crm-sync: applies each event to the conversation state and pushes each change to the CRM.
+//! Adapters: `http` (a JSON POST signed the Standard Webhooks way, `webhook-id` = the event's
+//! idempotency key so the receiver can dedupe too), `hubspot` (find or create the contact by
+//! phone, log each message as a communication), and locally an outbox table.
+//!
+//! A stale event (a status that does not move its message forward) changes nothing and pushes
+//! nothing. A push claims `effect:crm:<event key>` first, so a redelivery does not push again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::json;
+
+use super::{http_client, Effects, Outbox, SinkError, SinkSettings};
+use crate::config::{ConfigError, Secret, SsmReader};
+use crate::event::{Event, EventKind, MessageStatus, Service};
+use crate::idempotency::{Claim, IdempotencyStore};
+use crate::metrics::Metrics;
+use crate::processing::{Processor, Record};
+use crate::provider::standard_webhooks;
+use crate::router::Router;
+use crate::state::{Applied, StateStore};
+
+pub const DEFAULT_HUBSPOT_URL: &str = "https://api.hubapi.com";
+
+pub enum CrmAdapter {
+    Http {
+        client: reqwest::Client,
+        url: String,
+        key: Vec<u8>,
+    },
+    HubSpot {
+        client: reqwest::Client,
+        base_url: String,
+        token: Secret,
+    },
+    Outbox(Outbox),
+}
+
+impl CrmAdapter {
+    /// From `[sinks.crm]`: `adapter = "http"` (url, secret) or `"hubspot"` (token, base_url);
+    /// no adapter means the local outbox (when there is one).
+    pub async fn from_config(
+        value: &toml::Value,
+        outbox: Option<Outbox>,
+        ssm: Option<&dyn SsmReader>,
+    ) -> Result<CrmAdapter, ConfigError> {
+        let mut s = SinkSettings::new("crm", value)?;
+        let timeout = Duration::from_secs(s.u64("timeout_secs")?.unwrap_or(10));
+        let adapter = match s.str("adapter")?.as_deref() {
+            Some("http") => {
+                let url = s.required("url")?;
+                let secret = s.secret("secret", ssm).await?;
+                let key = standard_webhooks::decode_secret(secret.expose())
+                    .unwrap_or_else(|| secret.expose().as_bytes().to_vec());
+                CrmAdapter::Http {
+                    client: http_client(timeout),
+                    url,
+                    key,
+                }
+            }
+            Some("hubspot") => CrmAdapter::HubSpot {
+                client: http_client(timeout),
+                base_url: s
+                    .str("base_url")?
+                    .unwrap_or_else(|| DEFAULT_HUBSPOT_URL.into()),
+                token: s.secret("token", ssm).await?,
+            },
+            None | Some("outbox") => match outbox {
+                Some(o) => CrmAdapter::Outbox(o),
+                None => return Err(s.invalid("set `adapter` to \"http\" or \"hubspot\"")),
+            },
+            Some(other) => {
+                return Err(s.invalid(format!("unknown adapter `{other}` (http, hubspot)")))
+            }
+        };
+        s.finish()?;
+        Ok(adapter)
+    }
+
+    /// The document pushed for one change.
+    pub fn payload(event: &Event, applied: &Applied) -> serde_json::Value {
+        json!({
+            "type": "bluehook.crm.update",
+            "event": event,
+            "message": applied.message,
+            "conversation": applied.conversation,
+        })
+    }
+
+    pub async fn push(
+        &self,
+        event: &Event,
+        applied: &Applied,
+    ) -> Result<Option<String>, SinkError> {
+        match self {
+            CrmAdapter::Outbox(o) => {
+                o.record(
+                    "crm",
+                    &event.idempotency_key,
+                    &Self::payload(event, applied),
+                )
+                .await?;
+                Ok(None)
+            }
+            CrmAdapter::Http { client, url, key } => {
+                let body = serde_json::to_vec(&Self::payload(event, applied)).expect("serialises");
+                let ts = chrono::Utc::now().timestamp();
+                let signature = standard_webhooks::sign(key, &event.idempotency_key, ts, &body);
+                let r = client
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .header("webhook-id", &event.idempotency_key)
+                    .header("webhook-timestamp", ts.to_string())
+                    .header("webhook-signature", signature)
+                    .body(body)
+                    .send()
+                    .await
+                    .map_err(SinkError::from_reqwest)?;
+                let status = r.status();
+                if status.is_success() {
+                    Ok(None)
+                } else {
+                    // The receiver dedupes by webhook-id: a retry is safe whatever happened.
+                    Err(SinkError::definite(format!("CRM answered {status}")))
+                }
+            }
+            CrmAdapter::HubSpot {
+                client,
+                base_url,
+                token,
+            } => hubspot_push(client, base_url, token, event).await,
+        }
+    }
+}
+
+fn hubspot_channel(service: Option<Service>) -> &'static str {
+    match service {
+        Some(Service::WhatsApp) => "WHATS_APP",
+        _ => "SMS",
+    }
+}
+
+async fn hubspot_call(
+    client: &reqwest::Client,
+    url: String,
+    token: &Secret,
+    body: serde_json::Value,
+) -> Result<serde_json::Value, SinkError> {
+    let r = client
+        .post(&url)
+        .bearer_auth(token.expose())
+        .json(&body)
+        .send()
+        .await
+        .map_err(SinkError::from_reqwest)?;
+    let status = r.status();
+    let v: serde_json::Value = r.json().await.unwrap_or(serde_json::Value::Null);
+    if status.is_success() {
+        Ok(v)
+    } else {
+        Err(SinkError::definite(format!(
+            "HubSpot answered {status} for {}",
+            url.rsplit("/crm/").next().unwrap_or("")
+        )))
+    }
+}
+
+/// Finds the contact by phone (or creates it) and logs the message as a communication. Only
+/// messages are logged: a new inbound message, and an outbound one when it is sent.
+async fn hubspot_push(
+    client: &reqwest::Client,
+    base: &str,
+    token: &Secret,
+    e: &Event,
+) -> Result<Option<String>, SinkError> {
+    let loggable = e.kind == EventKind::MessageReceived || e.status == Some(MessageStatus::Sent);
+    let Some(phone) = e.contact_number.as_deref().filter(|_| loggable) else {
+        return Ok(None);
+    };
+    let base = base.trim_end_matches('/');
+    let found = hubspot_call(
+        client,
+        format!("{base}/crm/v3/objects/contacts/search"),
+        token,
+        json!({"filterGroups": [{"filters": [{"propertyName": "phone", "operator": "EQ", "value": phone}]}], "limit": 1}),
+    )
+    .await?;
+    let contact_id = match found["results"][0]["id"].as_str() {
+        Some(id) => id.to_owned(),
+        None => {
+            let created = hubspot_call(
+                client,
+                format!("{base}/crm/v3/objects/contacts"),
+                token,
+                json!({"properties": {"phone": phone}}),
+            )
+            .await?;
+            created["id"]
+                .as_str()
+                .ok_or_else(|| SinkError::definite("HubSpot created a contact without an id"))?
+                .to_owned()
+        }
+    };
+    let at = e
+        .occurred_at
+        .unwrap_or(e.received_at)
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let direction = if e.kind == EventKind::MessageReceived {
+        "inbound"
+    } else {
+        "outbound"
+    };
+    let communication = hubspot_call(
+        client,
+        format!("{base}/crm/v3/objects/communications"),
+        token,
+        json!({
+            "properties": {
+                "hs_communication_channel_type": hubspot_channel(e.service),
+                "hs_communication_logged_from": "CRM",
+                "hs_communication_body": e.content.clone().unwrap_or_else(|| format!("({direction} message)")),
+                "hs_timestamp": at,
+            },
+            "associations": [{
+                "to": {"id": contact_id},
+                "types": [{"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": 81}]
+            }]
+        }),
+    )
+    .await?;
+    Ok(communication["id"].as_str().map(str::to_owned))
+}
+
+pub struct CrmSync {
+    state: Arc<dyn StateStore>,
+    effects: Effects,
+    adapter: CrmAdapter,
+    metrics: Arc<dyn Metrics>,
+}
+
+impl CrmSync {
+    pub fn new(
+        state: Arc<dyn StateStore>,
+        effects_store: Arc<dyn IdempotencyStore>,
+        adapter: CrmAdapter,
+        metrics: Arc<dyn Metrics>,
+    ) -> CrmSync {
+        let effects = Effects {
+            store: effects_store,
+            sink: "crm",
+            lease: Duration::from_secs(60),
+            ttl: Duration::from_secs(7 * 24 * 3600),
+        };
+        CrmSync {
+            state,
+            effects,
+            adapter,
+            metrics,
+        }
+    }
+
+    /// Handles one event; `false` means retry it.
+    async fn handle(&self, event: &Event) -> bool {
+        let applied = match self.state.apply(event).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!(event_id = %event.id, error = %e, "state update failed");
+                return false;
+            }
+        };
+        if applied.message.is_some() && !applied.advanced {
+            tracing::debug!(event_id = %event.id, "stale status; nothing to push");
+            self.metrics.incr("crm.unchanged", 1);
+            return true;
+        }
+        let token = match self.effects.claim(&event.idempotency_key, &event.id).await {
+            Ok(Claim::Acquired(t)) => t,
+            Ok(Claim::Completed) => {
+                self.metrics.incr("crm.duplicates", 1);
+                return true;
+            }
+            Ok(Claim::InProgress { .. }) => return false,
+            Err(e) => {
+                tracing::error!(event_id = %event.id, error = %e, "effect claim failed");
+                return false;
+            }
+        };
+        match self.adapter.push(event, &applied).await {
+            Ok(result) => {
+                match result {
+                    Some(r) => {
+                        if let Err(e) = self
+                            .effects
+                            .store
+                            .complete_with_result(
+                                &self.effects.key(&event.idempotency_key),
+                                &token,
+                                self.effects.times(),
+                                &r,
+                            )
+                            .await
+                        {
+                            tracing::warn!(error = %e, "CRM push done but its key could not be completed");
+                        }
+                    }
+                    None => self.effects.complete(&event.idempotency_key, &token).await,
+                }
+                self.metrics.incr("crm.pushed", 1);
+                tracing::info!(event_id = %event.id, "pushed to the CRM");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(event_id = %event.id, error = %e, "CRM push failed; retried");
+                self.effects.release(&event.idempotency_key, &token).await;
+                false
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Processor for CrmSync {
+    fn name(&self) -> &'static str {
+        "crm-sync"
+    }
+
+    async fn process(&self, batch: Vec<Record>) -> Vec<String> {
+        let (events, mut failed) = Router::parse_batch(&batch);
+        let outcomes = futures_util::future::join_all(
+            events
+                .iter()
+                .map(|(r, e)| async move { (r.id.clone(), self.handle(e).await) }),
+        )
+        .await;
+        failed.extend(outcomes.into_iter().filter(|(_, ok)| !ok).map(|(id, _)| id));
+        failed
+    }
+}

@@ -1,0 +1,217 @@
+//! The CRM and SMS-fallback sinks: their configuration (`[sinks.crm]`, `[sinks.sms_fallback]`),
+//! their outbound adapters, and the effect keys that make each effect happen once.
+//!
+//! An effect key is claimed with the same conditional write as the ingress's idempotency keys
+//! (`effect:<sink>:<key>` in the same store) before the effect, completed after it, and
+//! released when the effect certainly did not happen, so an SQS redelivery never repeats it.
+
+pub mod crm;
+pub mod sms;
+
+use std::time::Duration;
+
+use crate::config::{resolve_secrets, ConfigError, Secret, SsmReader};
+use crate::idempotency::{Claim, ClaimTimes, ClaimToken, IdempotencyStore};
+use crate::sqlite::Db;
+
+/// Why a sink could not do its work; `definite` says the effect certainly did not happen.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct SinkError {
+    pub message: String,
+    pub definite: bool,
+}
+
+impl SinkError {
+    pub fn definite(message: impl Into<String>) -> SinkError {
+        SinkError {
+            message: message.into(),
+            definite: true,
+        }
+    }
+
+    /// From an HTTP client error: a request that never left (connect) certainly did nothing; a
+    /// timeout after sending may have done it.
+    pub fn from_reqwest(e: reqwest::Error) -> SinkError {
+        let definite = e.is_connect() || e.is_builder() || e.is_request() && !e.is_timeout();
+        SinkError {
+            message: format!("{e}"),
+            definite,
+        }
+    }
+}
+
+/// A table of `[sinks.<name>]`, read key by key; unknown keys are refused.
+pub struct SinkSettings<'a> {
+    name: &'a str,
+    table: toml::Table,
+    used: Vec<&'static str>,
+}
+
+impl<'a> SinkSettings<'a> {
+    pub fn new(name: &'a str, value: &toml::Value) -> Result<SinkSettings<'a>, ConfigError> {
+        let table = value
+            .as_table()
+            .cloned()
+            .ok_or_else(|| ConfigError::Invalid(format!("[sinks.{name}] must be a table")))?;
+        Ok(SinkSettings {
+            name,
+            table,
+            used: Vec::new(),
+        })
+    }
+
+    pub fn invalid(&self, msg: impl std::fmt::Display) -> ConfigError {
+        ConfigError::Invalid(format!("[sinks.{}]: {msg}", self.name))
+    }
+
+    pub fn str(&mut self, key: &'static str) -> Result<Option<String>, ConfigError> {
+        self.used.push(key);
+        match self.table.get(key) {
+            None => Ok(None),
+            Some(toml::Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(self.invalid(format!("`{key}` must be a string"))),
+        }
+    }
+
+    pub fn required(&mut self, key: &'static str) -> Result<String, ConfigError> {
+        self.str(key)?
+            .ok_or_else(|| self.invalid(format!("`{key}` is required")))
+    }
+
+    pub fn u64(&mut self, key: &'static str) -> Result<Option<u64>, ConfigError> {
+        self.used.push(key);
+        match self.table.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_integer()
+                .and_then(|i| u64::try_from(i).ok())
+                .map(Some)
+                .ok_or_else(|| self.invalid(format!("`{key}` must be a non-negative integer"))),
+        }
+    }
+
+    /// A secret setting (`inline`, `env:NAME` or `ssm:/path`).
+    pub async fn secret(
+        &mut self,
+        key: &'static str,
+        ssm: Option<&dyn SsmReader>,
+    ) -> Result<Secret, ConfigError> {
+        let reference = self.required(key)?;
+        resolve_secrets(&format!("sinks.{}", self.name), &[reference], ssm)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| self.invalid(format!("`{key}` is empty")))
+    }
+
+    pub fn finish(self) -> Result<(), ConfigError> {
+        for key in self.table.keys() {
+            if !self.used.contains(&key.as_str()) {
+                return Err(self.invalid(format!("unknown setting `{key}`")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Claims effect keys for one sink.
+pub struct Effects {
+    pub store: std::sync::Arc<dyn IdempotencyStore>,
+    pub sink: &'static str,
+    /// How long a claim holds while its effect is under way (or of unknown outcome).
+    pub lease: Duration,
+    /// How long a done effect is remembered.
+    pub ttl: Duration,
+}
+
+impl Effects {
+    pub(crate) fn key(&self, key: &str) -> String {
+        format!("effect:{}:{key}", self.sink)
+    }
+
+    pub(crate) fn times(&self) -> ClaimTimes {
+        ClaimTimes {
+            now_ms: chrono::Utc::now().timestamp_millis(),
+            lease: self.lease,
+            ttl: self.ttl,
+        }
+    }
+
+    pub async fn claim(&self, key: &str, event_id: &str) -> Result<Claim, SinkError> {
+        self.store
+            .claim(&self.key(key), event_id, self.times())
+            .await
+            .map_err(|e| SinkError::definite(e.to_string()))
+    }
+
+    pub async fn complete(&self, key: &str, token: &ClaimToken) {
+        if let Err(e) = self
+            .store
+            .complete(&self.key(key), token, self.times())
+            .await
+        {
+            tracing::warn!(sink = self.sink, error = %e, "effect done but its key could not be completed");
+        }
+    }
+
+    pub async fn release(&self, key: &str, token: &ClaimToken) {
+        if let Err(e) = self.store.release(&self.key(key), token).await {
+            tracing::warn!(sink = self.sink, error = %e, "effect key could not be released; it frees when its lease ends");
+        }
+    }
+}
+
+/// Local record of what a sink without an outbound adapter would have sent.
+#[derive(Clone)]
+pub struct Outbox {
+    db: Db,
+}
+
+impl Outbox {
+    pub fn new(db: Db) -> Outbox {
+        Outbox { db }
+    }
+
+    pub async fn record(
+        &self,
+        sink: &str,
+        key: &str,
+        payload: &serde_json::Value,
+    ) -> Result<(), SinkError> {
+        let (sink, key, payload) = (sink.to_owned(), key.to_owned(), payload.to_string());
+        self.db
+            .write(move |c| {
+                c.execute(
+                    "INSERT INTO outbox(sink, key, payload, created_at_ms) VALUES (?1, ?2, ?3, ?4)",
+                    rusqlite::params![sink, key, payload, crate::sqlite::now_ms()],
+                )
+                .map(|_| ())
+            })
+            .await
+            .map_err(|e| SinkError::definite(e.to_string()))
+    }
+
+    /// Every recorded payload of `sink`, oldest first.
+    pub async fn list(&self, sink: &str) -> Result<Vec<serde_json::Value>, SinkError> {
+        let sink = sink.to_owned();
+        self.db
+            .read(move |c| {
+                let mut stmt =
+                    c.prepare("SELECT payload FROM outbox WHERE sink = ?1 ORDER BY seq")?;
+                let rows = stmt.query_map([sink], |r| r.get::<_, String>(0))?;
+                rows.map(|r| r.map(|p| serde_json::from_str(&p).unwrap_or(serde_json::Value::Null)))
+                    .collect()
+            })
+            .await
+            .map_err(|e| SinkError::definite(e.to_string()))
+    }
+}
+
+pub(crate) fn http_client(timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+        .expect("an HTTP client with rustls builds")
+}

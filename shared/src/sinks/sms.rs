@@ -1,0 +1,481 @@
+//! sms-fallback: when an outbound iMessage fails, send the same content as SMS through Twilio
+//! (Messages API) or Sendblue (send-message API); locally, without an adapter, into the outbox.
+//!
+//! At most one fallback SMS per original message, ever: `effect:sms:<source>:<handle>` is
+//! claimed before sending and never expires early. A send that certainly failed releases the
+//! claim and is retried by SQS (then dead-lettered); a send whose outcome is unknown (a timeout
+//! after the request went out) keeps the claim, so it is never sent twice: its record ends in
+//! the dead-letter queue for a person to look at.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::json;
+
+use super::{http_client, Effects, Outbox, SinkError, SinkSettings};
+use crate::config::{ConfigError, Secret, SsmReader};
+use crate::event::{Direction, Event, EventKind, MessageStatus, Service};
+use crate::idempotency::{Claim, IdempotencyStore};
+use crate::metrics::Metrics;
+use crate::processing::{Processor, Record};
+use crate::router::Router;
+use crate::state::{MessageState, StateStore};
+
+pub const DEFAULT_TWILIO_URL: &str = "https://api.twilio.com";
+pub const DEFAULT_SENDBLUE_URL: &str = "https://api.sendblue.co";
+
+/// Why no fallback SMS is sent for an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    NotAFailure,
+    NotOutbound,
+    NotIMessage,
+    AlreadyDowngraded,
+    OptedOut,
+    NoHandle,
+    NoRecipient,
+    NoContent,
+}
+
+impl Skip {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Skip::NotAFailure => "not_a_failure",
+            Skip::NotOutbound => "not_outbound",
+            Skip::NotIMessage => "not_imessage",
+            Skip::AlreadyDowngraded => "already_downgraded",
+            Skip::OptedOut => "opted_out",
+            Skip::NoHandle => "no_handle",
+            Skip::NoRecipient => "no_recipient",
+            Skip::NoContent => "no_content",
+        }
+    }
+}
+
+/// The SMS to send in place of a failed iMessage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fallback {
+    pub handle: String,
+    pub to: String,
+    pub content: String,
+    pub media_url: Option<String>,
+}
+
+/// The decision table: a failed outbound iMessage, not already downgraded, to a contact who
+/// has not opted out, with content from the event or else from the state.
+pub fn decide(e: &Event, known: Option<&MessageState>) -> Result<Fallback, Skip> {
+    if e.kind != EventKind::MessageStatus || e.status != Some(MessageStatus::Failed) {
+        return Err(Skip::NotAFailure);
+    }
+    if e.direction != Some(Direction::Outbound) {
+        return Err(Skip::NotOutbound);
+    }
+    if e.service.or(known.and_then(|m| m.service)) != Some(Service::IMessage) {
+        return Err(Skip::NotIMessage);
+    }
+    if e.was_downgraded == Some(true) {
+        return Err(Skip::AlreadyDowngraded);
+    }
+    if e.opted_out == Some(true) {
+        return Err(Skip::OptedOut);
+    }
+    let handle = e.message_handle.clone().ok_or(Skip::NoHandle)?;
+    let to = e
+        .contact_number
+        .clone()
+        .or_else(|| known.and_then(|m| m.contact.clone()))
+        .ok_or(Skip::NoRecipient)?;
+    let content = e
+        .content
+        .clone()
+        .filter(|c| !c.is_empty())
+        .or_else(|| known.and_then(|m| m.content.clone()))
+        .ok_or(Skip::NoContent)?;
+    Ok(Fallback {
+        handle,
+        to,
+        content,
+        media_url: e.media_url.clone(),
+    })
+}
+
+pub enum SmsSender {
+    Twilio {
+        client: reqwest::Client,
+        base_url: String,
+        account_sid: String,
+        auth_token: Secret,
+        from: Option<String>,
+        messaging_service_sid: Option<String>,
+    },
+    Sendblue {
+        client: reqwest::Client,
+        base_url: String,
+        api_key_id: Secret,
+        api_secret_key: Secret,
+        from_number: String,
+    },
+    Outbox(Outbox),
+}
+
+impl SmsSender {
+    /// From `[sinks.sms_fallback]`: `adapter = "twilio"` or `"sendblue"`; no adapter means the
+    /// local outbox (when there is one).
+    pub async fn from_config(
+        value: &toml::Value,
+        outbox: Option<Outbox>,
+        ssm: Option<&dyn SsmReader>,
+    ) -> Result<SmsSender, ConfigError> {
+        let mut s = SinkSettings::new("sms_fallback", value)?;
+        let timeout = Duration::from_secs(s.u64("timeout_secs")?.unwrap_or(15));
+        let sender = match s.str("adapter")?.as_deref() {
+            Some("twilio") => {
+                let from = s.str("from")?;
+                let messaging_service_sid = s.str("messaging_service_sid")?;
+                if from.is_none() && messaging_service_sid.is_none() {
+                    return Err(s.invalid("set `from` or `messaging_service_sid`"));
+                }
+                SmsSender::Twilio {
+                    client: http_client(timeout),
+                    base_url: s
+                        .str("base_url")?
+                        .unwrap_or_else(|| DEFAULT_TWILIO_URL.into()),
+                    account_sid: s.required("account_sid")?,
+                    auth_token: s.secret("auth_token", ssm).await?,
+                    from,
+                    messaging_service_sid,
+                }
+            }
+            Some("sendblue") => SmsSender::Sendblue {
+                client: http_client(timeout),
+                base_url: s
+                    .str("base_url")?
+                    .unwrap_or_else(|| DEFAULT_SENDBLUE_URL.into()),
+                api_key_id: s.secret("api_key_id", ssm).await?,
+                api_secret_key: s.secret("api_secret_key", ssm).await?,
+                from_number: s.required("from_number")?,
+            },
+            None | Some("outbox") => match outbox {
+                Some(o) => SmsSender::Outbox(o),
+                None => return Err(s.invalid("set `adapter` to \"twilio\" or \"sendblue\"")),
+            },
+            Some(other) => {
+                return Err(s.invalid(format!("unknown adapter `{other}` (twilio, sendblue)")))
+            }
+        };
+        s.finish()?;
+        Ok(sender)
+    }
+
+    /// Sends the SMS; the provider's id of the new message.
+    pub async fn send(&self, f: &Fallback) -> Result<String, SinkError> {
+        match self {
+            SmsSender::Outbox(o) => {
+                o.record("sms_fallback", &f.handle, &json!({"to": f.to, "body": f.content, "media_url": f.media_url, "original": f.handle}))
+                    .await?;
+                Ok(format!("outbox:{}", f.handle))
+            }
+            SmsSender::Twilio {
+                client,
+                base_url,
+                account_sid,
+                auth_token,
+                from,
+                messaging_service_sid,
+            } => {
+                let mut form: Vec<(&str, &str)> = vec![("To", &f.to), ("Body", &f.content)];
+                match (messaging_service_sid, from) {
+                    (Some(m), _) => form.push(("MessagingServiceSid", m)),
+                    (None, Some(from)) => form.push(("From", from)),
+                    (None, None) => unreachable!("checked at start"),
+                }
+                if let Some(m) = &f.media_url {
+                    form.push(("MediaUrl", m));
+                }
+                let body = form_urlencoded::Serializer::new(String::new())
+                    .extend_pairs(&form)
+                    .finish();
+                let url = format!(
+                    "{}/2010-04-01/Accounts/{account_sid}/Messages.json",
+                    base_url.trim_end_matches('/')
+                );
+                let r = client
+                    .post(url)
+                    .basic_auth(account_sid, Some(auth_token.expose()))
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .body(body)
+                    .send()
+                    .await
+                    .map_err(SinkError::from_reqwest)?;
+                let status = r.status();
+                let v: serde_json::Value = r.json().await.unwrap_or(serde_json::Value::Null);
+                match (status.is_success(), v["sid"].as_str()) {
+                    (true, Some(sid)) => Ok(sid.to_owned()),
+                    (true, None) => Err(SinkError {
+                        message: "Twilio answered without a sid".into(),
+                        definite: false,
+                    }),
+                    (false, _) => Err(SinkError::definite(format!(
+                        "Twilio answered {status}: {}",
+                        v["message"].as_str().unwrap_or("")
+                    ))),
+                }
+            }
+            SmsSender::Sendblue {
+                client,
+                base_url,
+                api_key_id,
+                api_secret_key,
+                from_number,
+            } => {
+                let mut body =
+                    json!({"number": f.to, "from_number": from_number, "content": f.content});
+                if let Some(m) = &f.media_url {
+                    body["media_url"] = m.clone().into();
+                }
+                let r = client
+                    .post(format!(
+                        "{}/api/send-message",
+                        base_url.trim_end_matches('/')
+                    ))
+                    .header("sb-api-key-id", api_key_id.expose())
+                    .header("sb-api-secret-key", api_secret_key.expose())
+                    .json(&body)
+                    .send()
+                    .await
+                    .map_err(SinkError::from_reqwest)?;
+                let status = r.status();
+                let v: serde_json::Value = r.json().await.unwrap_or(serde_json::Value::Null);
+                match (status.is_success(), v["message_handle"].as_str()) {
+                    (true, Some(h)) => Ok(h.to_owned()),
+                    (true, None) => Err(SinkError {
+                        message: "Sendblue answered without a message_handle".into(),
+                        definite: false,
+                    }),
+                    (false, _) => Err(SinkError::definite(format!("Sendblue answered {status}"))),
+                }
+            }
+        }
+    }
+}
+
+pub struct SmsFallback {
+    state: Option<Arc<dyn StateStore>>,
+    effects: Effects,
+    sender: SmsSender,
+    metrics: Arc<dyn Metrics>,
+}
+
+impl SmsFallback {
+    /// `state` (when there is one) supplies the content of failure events that lack it.
+    pub fn new(
+        state: Option<Arc<dyn StateStore>>,
+        effects_store: Arc<dyn IdempotencyStore>,
+        sender: SmsSender,
+        metrics: Arc<dyn Metrics>,
+    ) -> SmsFallback {
+        // "Ever", within a year: the claim of a send of unknown outcome never lapses before that.
+        let year = Duration::from_secs(365 * 24 * 3600);
+        let effects = Effects {
+            store: effects_store,
+            sink: "sms",
+            lease: year,
+            ttl: year,
+        };
+        SmsFallback {
+            state,
+            effects,
+            sender,
+            metrics,
+        }
+    }
+
+    async fn handle(&self, event: &Event) -> bool {
+        let known = match (&self.state, &event.message_handle) {
+            (Some(state), Some(h))
+                if event.content.as_deref().is_none_or(str::is_empty)
+                    || event.service.is_none() =>
+            {
+                match state.message(&event.source, h).await {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::error!(event_id = %event.id, error = %e, "state read failed");
+                        return false;
+                    }
+                }
+            }
+            _ => None,
+        };
+        let fallback = match decide(event, known.as_ref()) {
+            Ok(f) => f,
+            Err(skip) => {
+                tracing::info!(event_id = %event.id, reason = skip.as_str(), "no fallback SMS");
+                self.metrics
+                    .incr(&format!("sms.skipped.{}", skip.as_str()), 1);
+                return true;
+            }
+        };
+        let key = format!("{}:{}", event.source, fallback.handle);
+        let token = match self.effects.claim(&key, &event.id).await {
+            Ok(Claim::Acquired(t)) => t,
+            Ok(Claim::Completed) => {
+                self.metrics.incr("sms.duplicates", 1);
+                return true;
+            }
+            Ok(Claim::InProgress { .. }) => {
+                tracing::warn!(event_id = %event.id, "a fallback for this message is under way or of unknown outcome");
+                return false;
+            }
+            Err(e) => {
+                tracing::error!(event_id = %event.id, error = %e, "effect claim failed");
+                return false;
+            }
+        };
+        match self.sender.send(&fallback).await {
+            Ok(provider_id) => {
+                if let Err(e) = self
+                    .effects
+                    .store
+                    .complete_with_result(
+                        &self.effects.key(&key),
+                        &token,
+                        self.effects.times(),
+                        &provider_id,
+                    )
+                    .await
+                {
+                    tracing::warn!(error = %e, "SMS sent but its key could not be completed; it stays claimed");
+                }
+                self.metrics.incr("sms.sent", 1);
+                tracing::info!(event_id = %event.id, provider_id, "fallback SMS sent");
+                true
+            }
+            Err(e) if e.definite => {
+                tracing::warn!(event_id = %event.id, error = %e, "fallback SMS not sent; retried");
+                self.effects.release(&key, &token).await;
+                false
+            }
+            Err(e) => {
+                tracing::error!(event_id = %event.id, error = %e, "fallback SMS outcome unknown; not resent, left for the dead-letter queue");
+                false
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Processor for SmsFallback {
+    fn name(&self) -> &'static str {
+        "sms-fallback"
+    }
+
+    async fn process(&self, batch: Vec<Record>) -> Vec<String> {
+        let (events, mut failed) = Router::parse_batch(&batch);
+        let outcomes = futures_util::future::join_all(
+            events
+                .iter()
+                .map(|(r, e)| async move { (r.id.clone(), self.handle(e).await) }),
+        )
+        .await;
+        failed.extend(outcomes.into_iter().filter(|(_, ok)| !ok).map(|(id, _)| id));
+        failed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed_imessage() -> Event {
+        let mut e = Event::new(
+            "sb",
+            "sendblue",
+            EventKind::MessageStatus,
+            "k".into(),
+            chrono::Utc::now(),
+            "{}".into(),
+        );
+        e.status = Some(MessageStatus::Failed);
+        e.direction = Some(Direction::Outbound);
+        e.service = Some(Service::IMessage);
+        e.message_handle = Some("h1".into());
+        e.contact_number = Some("+15550002222".into());
+        e.content = Some("See you at 5".into());
+        e
+    }
+
+    #[test]
+    fn decision_table_every_reason_not_to_send() {
+        let known = MessageState {
+            source: "sb".into(),
+            handle: "h1".into(),
+            status: MessageStatus::Sent,
+            content: Some("from state".into()),
+            service: Some(Service::IMessage),
+            line: None,
+            contact: Some("+15550003333".into()),
+        };
+        let ok = decide(&failed_imessage(), None).unwrap();
+        assert_eq!(
+            ok,
+            Fallback {
+                handle: "h1".into(),
+                to: "+15550002222".into(),
+                content: "See you at 5".into(),
+                media_url: None
+            }
+        );
+
+        type Change = Box<dyn Fn(&mut Event)>;
+        let cases: Vec<(Change, Skip)> = vec![
+            (
+                Box::new(|e| e.status = Some(MessageStatus::Delivered)),
+                Skip::NotAFailure,
+            ),
+            (
+                Box::new(|e| e.kind = EventKind::MessageReceived),
+                Skip::NotAFailure,
+            ),
+            (
+                Box::new(|e| e.direction = Some(Direction::Inbound)),
+                Skip::NotOutbound,
+            ),
+            (
+                Box::new(|e| e.service = Some(Service::Sms)),
+                Skip::NotIMessage,
+            ),
+            (Box::new(|e| e.service = None), Skip::NotIMessage),
+            (
+                Box::new(|e| e.was_downgraded = Some(true)),
+                Skip::AlreadyDowngraded,
+            ),
+            (Box::new(|e| e.opted_out = Some(true)), Skip::OptedOut),
+            (Box::new(|e| e.message_handle = None), Skip::NoHandle),
+            (Box::new(|e| e.contact_number = None), Skip::NoRecipient),
+            (Box::new(|e| e.content = None), Skip::NoContent),
+            (
+                Box::new(|e| e.content = Some(String::new())),
+                Skip::NoContent,
+            ),
+        ];
+        for (change, reason) in cases {
+            let mut e = failed_imessage();
+            change(&mut e);
+            assert_eq!(decide(&e, None), Err(reason), "{}", reason.as_str());
+        }
+        // What the event lacks, the state supplies.
+        let mut e = failed_imessage();
+        e.content = None;
+        e.service = None;
+        e.contact_number = None;
+        let f = decide(&e, Some(&known)).unwrap();
+        assert_eq!(
+            (f.content.as_str(), f.to.as_str()),
+            ("from state", "+15550003333")
+        );
+        let mut downgraded = failed_imessage();
+        downgraded.was_downgraded = Some(false);
+        assert!(decide(&downgraded, None).is_ok());
+    }
+}

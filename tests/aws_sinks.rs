@@ -1,0 +1,276 @@
+//! crm-sync and sms-fallback on their AWS adapters (DynamoDB state and effect keys on moto),
+//! talking to local fakes of a CRM endpoint and of Twilio: each effect happens once, even
+//! when SQS redelivers the batch or the far side fails for a while.
+
+mod common;
+
+use std::sync::Arc;
+
+use aws_lambda_events::sqs::SqsEvent;
+use bluehook::event::{Direction, Event, EventKind, MessageStatus, Service};
+use bluehook::idempotency::dynamodb::DynamoIdempotency;
+use bluehook::metrics::MemoryMetrics;
+use bluehook::processing::handle_sqs_event;
+use bluehook::sinks::crm::{CrmAdapter, CrmSync};
+use bluehook::sinks::sms::{SmsFallback, SmsSender};
+use bluehook::state::dynamodb::DynamoState;
+use common::fake::{twilio_ok, FakeHttp};
+
+const CRM_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+fn event(handle: &str, status: MessageStatus, raw: &str, content: Option<&str>) -> Event {
+    let mut e = Event::new(
+        "sendblue",
+        "sendblue",
+        EventKind::MessageStatus,
+        format!("sendblue:msg:{handle}:{raw}"),
+        chrono::Utc::now(),
+        "{}".into(),
+    );
+    e.status = Some(status);
+    e.raw_status = Some(raw.into());
+    e.direction = Some(Direction::Outbound);
+    e.service = Some(Service::IMessage);
+    e.message_handle = Some(handle.into());
+    e.content = content.map(str::to_owned);
+    e.contact_number = Some("+19998887777".into());
+    e.line_number = Some("+18649820355".into());
+    e
+}
+
+fn sqs_event(events: &[Event]) -> SqsEvent {
+    let records: Vec<serde_json::Value> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            serde_json::json!({
+                "messageId": format!("m{i}"), "receiptHandle": format!("r{i}"), "body": e.to_json(),
+                "attributes": {"ApproximateReceiveCount": "1"}, "messageAttributes": {}, "md5OfBody": "",
+                "eventSource": "aws:sqs", "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:q", "awsRegion": "us-east-1"
+            })
+        })
+        .collect();
+    serde_json::from_value(serde_json::json!({ "Records": records })).unwrap()
+}
+
+struct Tables {
+    ddb: aws_sdk_dynamodb::Client,
+    state: String,
+    effects: String,
+}
+
+async fn tables() -> Tables {
+    let conf = common::aws_config(&common::moto_endpoint()).await;
+    let ddb = aws_sdk_dynamodb::Client::new(&conf);
+    let (state, effects) = (common::unique("state"), common::unique("idem"));
+    common::create_idempotency_table(&ddb, &state).await;
+    common::create_idempotency_table(&ddb, &effects).await;
+    Tables {
+        ddb,
+        state,
+        effects,
+    }
+}
+
+async fn crm_sync(t: &Tables, url: &str) -> CrmSync {
+    let section: toml::Value = toml::from_str(&format!(
+        "adapter = \"http\"\nurl = \"{url}/hooks/bluehook\"\nsecret = \"{CRM_SECRET}\""
+    ))
+    .unwrap();
+    CrmSync::new(
+        Arc::new(DynamoState::new(t.ddb.clone(), &t.state)),
+        Arc::new(DynamoIdempotency::new(t.ddb.clone(), &t.effects)),
+        CrmAdapter::from_config(&section, None, None).await.unwrap(),
+        Arc::new(MemoryMetrics::default()),
+    )
+}
+
+async fn sms_fallback(t: &Tables, url: &str) -> SmsFallback {
+    let section: toml::Value = toml::from_str(&format!(
+        "adapter = \"twilio\"\nbase_url = \"{url}\"\naccount_sid = \"AC123\"\nauth_token = \"tw-token\"\nfrom = \"+15550001111\""
+    ))
+    .unwrap();
+    SmsFallback::new(
+        Some(Arc::new(DynamoState::new(t.ddb.clone(), &t.state))),
+        Arc::new(DynamoIdempotency::new(t.ddb.clone(), &t.effects)),
+        SmsSender::from_config(&section, None, None).await.unwrap(),
+        Arc::new(MemoryMetrics::default()),
+    )
+}
+
+#[tokio::test]
+async fn a_redelivered_batch_pushes_no_second_crm_update_and_sends_no_second_sms() {
+    let t = tables().await;
+    let crm_server = FakeHttp::start(|_, _| (200, "{}".into())).await;
+    let twilio = FakeHttp::start(twilio_ok).await;
+    let crm = crm_sync(&t, &crm_server.url).await;
+    let sms = sms_fallback(&t, &twilio.url).await;
+
+    let sent = event("h1", MessageStatus::Sent, "SENT", Some("Dinner at 8?"));
+    // The failure webhook carries no content: the SMS takes it from the state.
+    let failed = event("h1", MessageStatus::Failed, "ERROR", None);
+    let failed_again = event("h1", MessageStatus::Failed, "FAILED", None);
+    let delivered_other = event("h2", MessageStatus::Delivered, "DELIVERED", Some("hi"));
+    let crm_batch = [sent.clone(), delivered_other.clone()];
+    for _ in 0..2 {
+        assert!(handle_sqs_event(&crm, sqs_event(&crm_batch))
+            .await
+            .batch_item_failures
+            .is_empty());
+    }
+    let sms_batch = [failed.clone(), failed_again.clone()];
+    for round in 0..3 {
+        assert!(handle_sqs_event(&crm, sqs_event(&sms_batch))
+            .await
+            .batch_item_failures
+            .is_empty());
+        let retried = handle_sqs_event(&sms, sqs_event(&sms_batch))
+            .await
+            .batch_item_failures
+            .len();
+        // In the first round the two failure events of h1 race for the one effect key: the
+        // loser is retried, and later finds the SMS already sent.
+        assert!(
+            retried <= usize::from(round == 0),
+            "round {round}: {retried} retried"
+        );
+    }
+
+    let pushes = crm_server.requests();
+    let ids: Vec<&str> = pushes
+        .iter()
+        .map(|r| r.headers["webhook-id"].as_str())
+        .collect();
+    // SENT, DELIVERED of h2, and ERROR; FAILED does not move h1 past ERROR.
+    assert_eq!(pushes.len(), 3, "{ids:?}");
+    for (r, e) in pushes.iter().zip([&sent, &delivered_other]) {
+        assert_eq!(r.headers["webhook-id"], e.idempotency_key);
+    }
+    // Each push verifies as a Standard Webhooks delivery under the CRM's secret.
+    let verifier = bluehook::provider::standard_webhooks::StandardWebhooks::new(
+        &[bluehook::config::Secret::new(CRM_SECRET)],
+        300,
+    )
+    .unwrap();
+    for r in &pushes {
+        let mut h = http::HeaderMap::new();
+        for k in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
+            h.insert(k, r.headers[k].parse().unwrap());
+        }
+        let req = bluehook::provider::WebhookRequest {
+            source: "crm",
+            type_hint: None,
+            headers: &h,
+            query: None,
+            body: r.body.as_bytes(),
+            received_at: chrono::Utc::now(),
+        };
+        use bluehook::provider::Provider;
+        verifier.verify(&req).unwrap();
+        assert_eq!(r.path, "/hooks/bluehook");
+    }
+
+    let sms_requests = twilio.requests();
+    assert_eq!(
+        sms_requests.len(),
+        1,
+        "one fallback SMS per original message, ever"
+    );
+    let r = &sms_requests[0];
+    assert_eq!(r.path, "/2010-04-01/Accounts/AC123/Messages.json");
+    let form = r.form();
+    assert_eq!(form["To"], "+19998887777");
+    assert_eq!(form["From"], "+15550001111");
+    assert_eq!(form["Body"], "Dinner at 8?");
+    use base64::Engine;
+    let auth = base64::engine::general_purpose::STANDARD.encode("AC123:tw-token");
+    assert_eq!(r.headers["authorization"], format!("Basic {auth}"));
+}
+
+#[tokio::test]
+async fn a_crm_failing_for_a_while_gets_the_push_once_it_recovers() {
+    let t = tables().await;
+    let crm_server = FakeHttp::start(|_, n| {
+        if n < 2 {
+            (500, "{}".into())
+        } else {
+            (200, "{}".into())
+        }
+    })
+    .await;
+    let crm = crm_sync(&t, &crm_server.url).await;
+    let batch = [
+        event("h9", MessageStatus::Read, "READ", None),
+        event("h10", MessageStatus::Sent, "SENT", Some("x")),
+    ];
+    // First delivery: both fail (500s); then the CRM recovers.
+    let first = handle_sqs_event(&crm, sqs_event(&batch)).await;
+    assert_eq!(first.batch_item_failures.len(), 2);
+    // SQS redelivers only the failed records: each is pushed once now.
+    assert!(handle_sqs_event(&crm, sqs_event(&batch))
+        .await
+        .batch_item_failures
+        .is_empty());
+    assert!(handle_sqs_event(&crm, sqs_event(&batch))
+        .await
+        .batch_item_failures
+        .is_empty());
+    let ok: Vec<_> = crm_server.requests().into_iter().skip(2).collect();
+    assert_eq!(ok.len(), 2);
+}
+
+#[tokio::test]
+async fn a_rejected_sms_is_retried_and_sent_once() {
+    let t = tables().await;
+    let twilio = FakeHttp::start(|c, n| {
+        if n == 0 {
+            (400, "{\"message\":\"busy\"}".into())
+        } else {
+            twilio_ok(c, n)
+        }
+    })
+    .await;
+    let sms = sms_fallback(&t, &twilio.url).await;
+    let failed = [event(
+        "h20",
+        MessageStatus::Failed,
+        "ERROR",
+        Some("call me"),
+    )];
+    assert_eq!(
+        handle_sqs_event(&sms, sqs_event(&failed))
+            .await
+            .batch_item_failures
+            .len(),
+        1
+    );
+    assert!(handle_sqs_event(&sms, sqs_event(&failed))
+        .await
+        .batch_item_failures
+        .is_empty());
+    assert!(handle_sqs_event(&sms, sqs_event(&failed))
+        .await
+        .batch_item_failures
+        .is_empty());
+    assert_eq!(
+        twilio.requests().len(),
+        2,
+        "one refused, one sent, none after"
+    );
+    // The provider's answer is recorded with the effect key.
+    let item = t
+        .ddb
+        .get_item()
+        .table_name(&t.effects)
+        .key(
+            "pk",
+            aws_sdk_dynamodb::types::AttributeValue::S("effect:sms:sendblue:h20".into()),
+        )
+        .send()
+        .await
+        .unwrap()
+        .item
+        .unwrap();
+    assert_eq!(item["state"].as_s().unwrap(), "completed");
+    assert!(item["result"].as_s().unwrap().starts_with("SM"));
+}
