@@ -351,11 +351,18 @@ async fn stats(data_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
         summary.messages_read,
         summary.messages_delivered
     );
+    let secs = |s: Option<f64>| s.map_or("-".to_owned(), |s| format!("{s:.1} s"));
     println!(
-        "  median response time  {}",
-        summary
-            .median_response_secs
-            .map_or("-".to_owned(), |s| format!("{s:.1} s"))
+        "  median response time   {}",
+        secs(summary.median_response_secs)
+    );
+    println!(
+        "  median delivery time   {}",
+        secs(summary.median_delivery_secs)
+    );
+    println!(
+        "  median read time       {}",
+        secs(summary.median_read_secs)
     );
     Ok(())
 }

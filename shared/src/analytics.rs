@@ -154,6 +154,18 @@ pub struct Summary {
     pub read_rate: Option<f64>,
     /// Median time from an outbound message to the contact's next inbound message, seconds.
     pub median_response_secs: Option<f64>,
+    /// Median time from sent to delivered, and from delivered to read, seconds.
+    pub median_delivery_secs: Option<f64>,
+    pub median_read_secs: Option<f64>,
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.sort_by(|a, b| a.total_cmp(b));
+    match v.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(v[n / 2]),
+        n => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
 }
 
 fn ndjson_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
@@ -200,6 +212,8 @@ pub fn summarise(events: &[Event]) -> Summary {
     let mut sent = HashSet::new();
     let mut delivered = HashSet::new();
     let mut read = HashSet::new();
+    // First time each message was reported at each status.
+    let mut status_at: HashMap<(&str, MessageStatus), Time> = HashMap::new();
     // Per conversation: when each outbound message was first seen, and the inbound times.
     let mut outbound: HashMap<Conversation<'_>, HashMap<&str, Time>> = HashMap::new();
     let mut inbound: HashMap<Conversation<'_>, Vec<Time>> = HashMap::new();
@@ -208,6 +222,10 @@ pub fn summarise(events: &[Event]) -> Summary {
         let conv = (e.line_number.as_deref(), e.contact_number.as_deref());
         match (e.kind, e.direction, e.message_handle.as_deref()) {
             (EventKind::MessageStatus, Some(Direction::Outbound), Some(h)) => {
+                if let Some(st) = e.status {
+                    let t = status_at.entry((h, st)).or_insert(at);
+                    *t = (*t).min(at);
+                }
                 match e.status {
                     Some(MessageStatus::Sent) => {
                         sent.insert(h);
@@ -250,12 +268,20 @@ pub fn summarise(events: &[Event]) -> Summary {
             }
         }
     }
-    responses.sort_by(|a, b| a.total_cmp(b));
-    let median = match responses.len() {
-        0 => None,
-        n if n % 2 == 1 => Some(responses[n / 2]),
-        n => Some((responses[n / 2 - 1] + responses[n / 2]) / 2.0),
+    let gaps = |from: MessageStatus, to: MessageStatus| -> Vec<f64> {
+        status_at
+            .iter()
+            .filter(|((_, st), _)| *st == to)
+            .filter_map(|((h, _), t)| {
+                status_at
+                    .get(&(*h, from))
+                    .map(|f| (*t - *f).num_milliseconds() as f64 / 1000.0)
+            })
+            .filter(|s| *s >= 0.0)
+            .collect()
     };
+    let median_delivery_secs = median(gaps(MessageStatus::Sent, MessageStatus::Delivered));
+    let median_read_secs = median(gaps(MessageStatus::Delivered, MessageStatus::Read));
     let ratio = |a: usize, b: usize| (b > 0).then(|| a as f64 / b as f64);
     Summary {
         events: events.len() as u64,
@@ -264,7 +290,9 @@ pub fn summarise(events: &[Event]) -> Summary {
         messages_read: read.len() as u64,
         delivery_rate: ratio(delivered.len(), sent.len()),
         read_rate: ratio(read.len(), delivered.len()),
-        median_response_secs: median,
+        median_response_secs: median(responses),
+        median_delivery_secs,
+        median_read_secs,
     }
 }
 
@@ -382,6 +410,9 @@ mod tests {
         assert_eq!(s.read_rate, Some(0.5));
         // a at 0 answered at 120; b at 1000 answered at 1300 (c at 2000, d at 3000 unanswered).
         assert_eq!(s.median_response_secs, Some(210.0));
+        // a: 5 s, b: 1 s to delivery; a: 55 s from delivered to read.
+        assert_eq!(s.median_delivery_secs, Some(3.0));
+        assert_eq!(s.median_read_secs, Some(55.0));
         assert_eq!(summarise(&[]).delivery_rate, None);
     }
 

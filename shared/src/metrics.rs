@@ -36,6 +36,9 @@ pub const REJECTION_CODES: &[&str] = &[
 
 pub trait Metrics: Send + Sync {
     fn incr(&self, name: &str, by: u64);
+    /// A duration worth a metric (delivery latency, ...). Locally these are computed from the
+    /// archive instead, so the default ignores them.
+    fn observe_ms(&self, _name: &str, _ms: i64) {}
 }
 
 /// Counters in the embedded database. Increments ride along with the next group commit.
@@ -72,17 +75,52 @@ impl Metrics for LogMetrics {
     fn incr(&self, name: &str, by: u64) {
         tracing::debug!(counter = name, by, "count");
     }
+
+    /// One CloudWatch Embedded Metric Format line on stdout (Lambda ships it to CloudWatch).
+    fn observe_ms(&self, name: &str, ms: i64) {
+        println!(
+            "{}",
+            emf_line(name, ms, chrono::Utc::now().timestamp_millis())
+        );
+    }
+}
+
+/// An EMF document for one duration in milliseconds, in the `bluehook` namespace.
+pub fn emf_line(name: &str, ms: i64, now_ms: i64) -> String {
+    serde_json::json!({
+        "_aws": {
+            "Timestamp": now_ms,
+            "CloudWatchMetrics": [{
+                "Namespace": "bluehook",
+                "Dimensions": [[]],
+                "Metrics": [{"Name": name, "Unit": "Milliseconds"}]
+            }]
+        },
+        name: ms
+    })
+    .to_string()
 }
 
 /// Counters in memory, for tests.
 #[derive(Debug, Default)]
 pub struct MemoryMetrics {
     counts: Mutex<BTreeMap<String, u64>>,
+    durations: Mutex<BTreeMap<String, Vec<i64>>>,
 }
 
 impl MemoryMetrics {
     pub fn get(&self, name: &str) -> u64 {
         self.counts.lock().unwrap().get(name).copied().unwrap_or(0)
+    }
+
+    /// Every duration observed under `name`, in order.
+    pub fn observed(&self, name: &str) -> Vec<i64> {
+        self.durations
+            .lock()
+            .unwrap()
+            .get(name)
+            .cloned()
+            .unwrap_or_default()
     }
 }
 
@@ -94,6 +132,15 @@ impl Metrics for MemoryMetrics {
             .unwrap()
             .entry(name.to_owned())
             .or_default() += by;
+    }
+
+    fn observe_ms(&self, name: &str, ms: i64) {
+        self.durations
+            .lock()
+            .unwrap()
+            .entry(name.to_owned())
+            .or_default()
+            .push(ms);
     }
 }
 

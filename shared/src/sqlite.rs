@@ -75,6 +75,8 @@ CREATE TABLE IF NOT EXISTS message_state (
     service TEXT,
     line TEXT,
     contact TEXT,
+    sent_at_ms INTEGER,
+    delivered_at_ms INTEGER,
     updated_at_ms INTEGER NOT NULL,
     PRIMARY KEY (source, handle)
 ) WITHOUT ROWID;

@@ -261,6 +261,42 @@ impl CrmSync {
         }
     }
 
+    /// Delivery latency (sent to delivered), read latency (delivered to read) and response
+    /// time (our last outbound message to the contact's next inbound one), as metrics.
+    fn observe_latencies(&self, event: &Event, applied: &Applied) {
+        if !applied.advanced {
+            return;
+        }
+        let at = event.occurred_at.unwrap_or(event.received_at);
+        let m = applied.message.as_ref();
+        let since = |t: Option<chrono::DateTime<chrono::Utc>>| {
+            t.map(|t| (at - t).num_milliseconds()).filter(|ms| *ms >= 0)
+        };
+        match event.status {
+            Some(MessageStatus::Delivered) => {
+                if let Some(ms) = since(m.and_then(|m| m.sent_at)) {
+                    self.metrics.observe_ms("DeliveryLatency", ms);
+                }
+            }
+            Some(MessageStatus::Read) => {
+                if let Some(ms) = since(m.and_then(|m| m.delivered_at)) {
+                    self.metrics.observe_ms("ReadLatency", ms);
+                }
+            }
+            Some(MessageStatus::Received) => {
+                if let Some(ms) = since(
+                    applied
+                        .conversation
+                        .as_ref()
+                        .and_then(|c| c.last_outbound_at),
+                ) {
+                    self.metrics.observe_ms("ResponseTime", ms);
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// Handles one event; `false` means retry it.
     async fn handle(&self, event: &Event) -> bool {
         let applied = match self.state.apply(event).await {
@@ -308,6 +344,8 @@ impl CrmSync {
                     None => self.effects.complete(&event.idempotency_key, &token).await,
                 }
                 self.metrics.incr("crm.pushed", 1);
+                // Once per event: a redelivery finds the effect key completed.
+                self.observe_latencies(event, &applied);
                 tracing::info!(event_id = %event.id, "pushed to the CRM");
                 true
             }
@@ -336,5 +374,60 @@ impl Processor for CrmSync {
         .await;
         failed.extend(outcomes.into_iter().filter(|(_, ok)| !ok).map(|(id, _)| id));
         failed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::idempotency::sqlite::SqliteIdempotency;
+    use crate::metrics::MemoryMetrics;
+    use crate::sqlite::Db;
+    use crate::state::contract::ev;
+    use crate::state::sqlite::SqliteState;
+
+    #[tokio::test]
+    async fn latencies_and_once_only_pushes_into_the_outbox() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.db")).unwrap();
+        let metrics = Arc::new(MemoryMetrics::default());
+        let outbox = Outbox::new(db.clone());
+        let crm = CrmSync::new(
+            Arc::new(SqliteState::new(db.clone())),
+            Arc::new(SqliteIdempotency::new(db.clone())),
+            CrmAdapter::Outbox(outbox.clone()),
+            metrics.clone(),
+        );
+        let events = [
+            ev("sb", "m1", MessageStatus::Sent, 0, Some("hi")),
+            ev("sb", "m1", MessageStatus::Delivered, 4, None),
+            ev("sb", "m1", MessageStatus::Read, 64, None),
+            ev("sb", "in1", MessageStatus::Received, 100, Some("hello")),
+            // Stale: changes nothing, pushes nothing.
+            ev("sb", "m1", MessageStatus::Sent, 1, None),
+        ];
+        for round in 0..2 {
+            for e in &events {
+                let r = Record {
+                    id: e.id.clone(),
+                    body: e.to_json(),
+                    receive_count: round + 1,
+                };
+                assert!(crm.process(vec![r]).await.is_empty());
+            }
+        }
+        assert_eq!(
+            outbox.list("crm").await.unwrap().len(),
+            4,
+            "each change once"
+        );
+        assert_eq!(metrics.observed("DeliveryLatency"), vec![4_000]);
+        assert_eq!(metrics.observed("ReadLatency"), vec![60_000]);
+        assert_eq!(
+            metrics.observed("ResponseTime"),
+            vec![36_000],
+            "from the READ's time, the last outbound event"
+        );
+        assert_eq!(metrics.get("crm.pushed"), 4);
     }
 }

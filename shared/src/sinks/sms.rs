@@ -415,6 +415,8 @@ mod tests {
             service: Some(Service::IMessage),
             line: None,
             contact: Some("+15550003333".into()),
+            sent_at: None,
+            delivered_at: None,
         };
         let ok = decide(&failed_imessage(), None).unwrap();
         assert_eq!(

@@ -58,6 +58,8 @@ fn message_from(item: &Item, source: &str, handle: &str) -> MessageState {
         service: get_s(item, "service").and_then(|s| from_word(&s)),
         line: get_s(item, "line"),
         contact: get_s(item, "contact"),
+        sent_at: get_time(item, "sent_at"),
+        delivered_at: get_time(item, "delivered_at"),
     }
 }
 
@@ -83,6 +85,15 @@ impl DynamoState {
                 sets.push(format!("{name} = if_not_exists({name}, :{name})"));
                 values.push((format!(":{name}"), s(v)));
             }
+        }
+        let at_field = match u.status {
+            Some(MessageStatus::Sent) => Some("sent_at"),
+            Some(MessageStatus::Delivered) => Some("delivered_at"),
+            _ => None,
+        };
+        if let Some(f) = at_field {
+            sets.push(format!("{f} = if_not_exists({f}, :{f})"));
+            values.push((format!(":{f}"), n(u.at.timestamp_millis())));
         }
         if let Some(svc) = u.service {
             sets.push("service = :service".to_owned());

@@ -38,6 +38,9 @@ pub struct MessageState {
     pub service: Option<Service>,
     pub line: Option<String>,
     pub contact: Option<String>,
+    /// When the message was first reported sent, and delivered (for latencies).
+    pub sent_at: Option<DateTime<Utc>>,
+    pub delivered_at: Option<DateTime<Utc>>,
 }
 
 /// What is known of one conversation.

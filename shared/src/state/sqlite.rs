@@ -41,7 +41,8 @@ fn read_message(
     handle: &str,
 ) -> rusqlite::Result<Option<MessageState>> {
     c.query_row(
-        "SELECT status, content, service, line, contact FROM message_state WHERE source = ?1 AND handle = ?2",
+        "SELECT status, content, service, line, contact, sent_at_ms, delivered_at_ms
+         FROM message_state WHERE source = ?1 AND handle = ?2",
         params![source, handle],
         |r| {
             Ok(MessageState {
@@ -49,9 +50,13 @@ fn read_message(
                 handle: handle.to_owned(),
                 status: from_word(&r.get::<_, String>(0)?).unwrap_or(MessageStatus::Unknown),
                 content: r.get(1)?,
-                service: r.get::<_, Option<String>>(2)?.and_then(|s| from_word::<Service>(&s)),
+                service: r
+                    .get::<_, Option<String>>(2)?
+                    .and_then(|s| from_word::<Service>(&s)),
                 line: r.get(3)?,
                 contact: r.get(4)?,
+                sent_at: time(r.get(5)?),
+                delivered_at: time(r.get(6)?),
             })
         },
     )
@@ -116,8 +121,9 @@ impl StateStore for SqliteState {
                 if let (Some(h), Some(st)) = (&handle, status) {
                     let r = i64::from(rank(st));
                     c.execute(
-                        "INSERT INTO message_state(source, handle, status, rank, status_event, content, service, line, contact, updated_at_ms)
-                         VALUES (?1, ?2, ?3, ?4, ?10, ?5, ?6, ?7, ?8, ?9)
+                        "INSERT INTO message_state(source, handle, status, rank, status_event, content, service, line, contact,
+                            sent_at_ms, delivered_at_ms, updated_at_ms)
+                         VALUES (?1, ?2, ?3, ?4, ?10, ?5, ?6, ?7, ?8, ?11, ?12, ?9)
                          ON CONFLICT(source, handle) DO UPDATE SET
                            status = CASE WHEN excluded.rank > message_state.rank THEN excluded.status ELSE message_state.status END,
                            status_event = CASE WHEN excluded.rank > message_state.rank THEN excluded.status_event ELSE message_state.status_event END,
@@ -126,8 +132,23 @@ impl StateStore for SqliteState {
                            service = coalesce(excluded.service, message_state.service),
                            line = coalesce(message_state.line, excluded.line),
                            contact = coalesce(message_state.contact, excluded.contact),
+                           sent_at_ms = coalesce(message_state.sent_at_ms, excluded.sent_at_ms),
+                           delivered_at_ms = coalesce(message_state.delivered_at_ms, excluded.delivered_at_ms),
                            updated_at_ms = max(message_state.updated_at_ms, excluded.updated_at_ms)",
-                        params![source, h, word(&st), r, content, service, line, contact, at, event_id],
+                        params![
+                            source,
+                            h,
+                            word(&st),
+                            r,
+                            content,
+                            service,
+                            line,
+                            contact,
+                            at,
+                            event_id,
+                            (st == MessageStatus::Sent).then_some(at),
+                            (st == MessageStatus::Delivered).then_some(at),
+                        ],
                     )?;
                     let set_by: String = c.query_row(
                         "SELECT status_event FROM message_state WHERE source = ?1 AND handle = ?2",
