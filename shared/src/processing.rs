@@ -10,7 +10,9 @@ use async_trait::async_trait;
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use tokio::sync::watch;
 
+use crate::event::Event;
 use crate::queue::{Queue, SqliteQueue};
+use crate::router::Router;
 
 /// One message of a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,6 +129,35 @@ pub async fn run_local_worker(
         if let Err(e) = queue.delete_counted(&done, counter).await {
             tracing::error!(queue = queue.name(), error = %e, "delete failed");
         }
+    }
+}
+
+/// A stage that handles one event at a time; as a [`Processor`] it handles a batch's events
+/// concurrently and names for retry the records that are not events and the events it
+/// answered `false` for.
+#[async_trait]
+pub trait EventSink: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// Handles one event; `false` means retry it.
+    async fn handle(&self, event: &Event) -> bool;
+}
+
+#[async_trait]
+impl<T: EventSink> Processor for T {
+    fn name(&self) -> &'static str {
+        EventSink::name(self)
+    }
+
+    async fn process(&self, batch: Vec<Record>) -> Vec<String> {
+        let (events, mut failed) = Router::parse_batch(&batch);
+        let outcomes = futures_util::future::join_all(
+            events
+                .iter()
+                .map(|(r, e)| async move { (r.id.clone(), self.handle(e).await) }),
+        )
+        .await;
+        failed.extend(outcomes.into_iter().filter(|(_, ok)| !ok).map(|(id, _)| id));
+        failed
     }
 }
 

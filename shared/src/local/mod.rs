@@ -234,6 +234,7 @@ pub async fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", opts.listen))?;
     let addr: SocketAddr = listener.local_addr()?;
+    let sinks: Vec<&str> = stages.iter().map(|(d, _, _)| d.as_str()).collect();
     print_banner(
         addr,
         &opts,
@@ -241,6 +242,7 @@ pub async fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
         config_path.as_deref(),
         dev_secret.as_deref(),
         &log_path,
+        &sinks,
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -281,11 +283,17 @@ fn print_banner(
     config_path: Option<&Path>,
     dev_secret: Option<&str>,
     log_path: &Path,
+    sinks: &[&str],
 ) {
     let base = format!("http://{addr}");
     println!("bluehook dev listening on {base}");
     println!("  data folder: {}", opts.data_dir.display());
     println!("  event log:   {}", log_path.display());
+    if sinks.is_empty() {
+        println!("  sinks:       none configured (events go to the event log only)");
+    } else {
+        println!("  sinks:       {}", sinks.join(", "));
+    }
     match config_path {
         Some(p) => println!("  config:      {}", p.display()),
         None => println!(

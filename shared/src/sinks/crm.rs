@@ -17,9 +17,8 @@ use crate::config::{ConfigError, Secret, SsmReader};
 use crate::event::{Event, EventKind, MessageStatus, Service};
 use crate::idempotency::{Claim, IdempotencyStore};
 use crate::metrics::Metrics;
-use crate::processing::{Processor, Record};
+use crate::processing::EventSink;
 use crate::provider::standard_webhooks;
-use crate::router::Router;
 use crate::state::{Applied, StateStore};
 
 pub const DEFAULT_HUBSPOT_URL: &str = "https://api.hubapi.com";
@@ -296,6 +295,13 @@ impl CrmSync {
             _ => {}
         }
     }
+}
+
+#[async_trait]
+impl EventSink for CrmSync {
+    fn name(&self) -> &'static str {
+        "crm-sync"
+    }
 
     /// Handles one event; `false` means retry it.
     async fn handle(&self, event: &Event) -> bool {
@@ -325,24 +331,9 @@ impl CrmSync {
         };
         match self.adapter.push(event, &applied).await {
             Ok(result) => {
-                match result {
-                    Some(r) => {
-                        if let Err(e) = self
-                            .effects
-                            .store
-                            .complete_with_result(
-                                &self.effects.key(&event.idempotency_key),
-                                &token,
-                                self.effects.times(),
-                                &r,
-                            )
-                            .await
-                        {
-                            tracing::warn!(error = %e, "CRM push done but its key could not be completed");
-                        }
-                    }
-                    None => self.effects.complete(&event.idempotency_key, &token).await,
-                }
+                self.effects
+                    .complete(&event.idempotency_key, &token, result.as_deref())
+                    .await;
                 self.metrics.incr("crm.pushed", 1);
                 // Once per event: a redelivery finds the effect key completed.
                 self.observe_latencies(event, &applied);
@@ -358,30 +349,12 @@ impl CrmSync {
     }
 }
 
-#[async_trait]
-impl Processor for CrmSync {
-    fn name(&self) -> &'static str {
-        "crm-sync"
-    }
-
-    async fn process(&self, batch: Vec<Record>) -> Vec<String> {
-        let (events, mut failed) = Router::parse_batch(&batch);
-        let outcomes = futures_util::future::join_all(
-            events
-                .iter()
-                .map(|(r, e)| async move { (r.id.clone(), self.handle(e).await) }),
-        )
-        .await;
-        failed.extend(outcomes.into_iter().filter(|(_, ok)| !ok).map(|(id, _)| id));
-        failed
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::idempotency::sqlite::SqliteIdempotency;
     use crate::metrics::MemoryMetrics;
+    use crate::processing::{Processor, Record};
     use crate::sqlite::Db;
     use crate::state::contract::ev;
     use crate::state::sqlite::SqliteState;

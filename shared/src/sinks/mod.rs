@@ -126,11 +126,11 @@ pub struct Effects {
 }
 
 impl Effects {
-    pub(crate) fn key(&self, key: &str) -> String {
+    fn key(&self, key: &str) -> String {
         format!("effect:{}:{key}", self.sink)
     }
 
-    pub(crate) fn times(&self) -> ClaimTimes {
+    fn times(&self) -> ClaimTimes {
         ClaimTimes {
             now_ms: chrono::Utc::now().timestamp_millis(),
             lease: self.lease,
@@ -145,12 +145,21 @@ impl Effects {
             .map_err(|e| SinkError::definite(e.to_string()))
     }
 
-    pub async fn complete(&self, key: &str, token: &ClaimToken) {
-        if let Err(e) = self
-            .store
-            .complete(&self.key(key), token, self.times())
-            .await
-        {
+    /// Marks the effect done, recording what it produced (a provider's id) if anything.
+    pub async fn complete(&self, key: &str, token: &ClaimToken, result: Option<&str>) {
+        let done = match result {
+            Some(r) => {
+                self.store
+                    .complete_with_result(&self.key(key), token, self.times(), r)
+                    .await
+            }
+            None => {
+                self.store
+                    .complete(&self.key(key), token, self.times())
+                    .await
+            }
+        };
+        if let Err(e) = done {
             tracing::warn!(sink = self.sink, error = %e, "effect done but its key could not be completed");
         }
     }

@@ -18,8 +18,7 @@ use crate::config::{ConfigError, Secret, SsmReader};
 use crate::event::{Direction, Event, EventKind, MessageStatus, Service};
 use crate::idempotency::{Claim, IdempotencyStore};
 use crate::metrics::Metrics;
-use crate::processing::{Processor, Record};
-use crate::router::Router;
+use crate::processing::EventSink;
 use crate::state::{MessageState, StateStore};
 
 pub const DEFAULT_TWILIO_URL: &str = "https://api.twilio.com";
@@ -290,6 +289,13 @@ impl SmsFallback {
             metrics,
         }
     }
+}
+
+#[async_trait]
+impl EventSink for SmsFallback {
+    fn name(&self) -> &'static str {
+        "sms-fallback"
+    }
 
     async fn handle(&self, event: &Event) -> bool {
         let known = match (&self.state, &event.message_handle) {
@@ -334,19 +340,9 @@ impl SmsFallback {
         };
         match self.sender.send(&fallback).await {
             Ok(provider_id) => {
-                if let Err(e) = self
-                    .effects
-                    .store
-                    .complete_with_result(
-                        &self.effects.key(&key),
-                        &token,
-                        self.effects.times(),
-                        &provider_id,
-                    )
-                    .await
-                {
-                    tracing::warn!(error = %e, "SMS sent but its key could not be completed; it stays claimed");
-                }
+                self.effects
+                    .complete(&key, &token, Some(&provider_id))
+                    .await;
                 self.metrics.incr("sms.sent", 1);
                 tracing::info!(event_id = %event.id, provider_id, "fallback SMS sent");
                 true
@@ -361,25 +357,6 @@ impl SmsFallback {
                 false
             }
         }
-    }
-}
-
-#[async_trait]
-impl Processor for SmsFallback {
-    fn name(&self) -> &'static str {
-        "sms-fallback"
-    }
-
-    async fn process(&self, batch: Vec<Record>) -> Vec<String> {
-        let (events, mut failed) = Router::parse_batch(&batch);
-        let outcomes = futures_util::future::join_all(
-            events
-                .iter()
-                .map(|(r, e)| async move { (r.id.clone(), self.handle(e).await) }),
-        )
-        .await;
-        failed.extend(outcomes.into_iter().filter(|(_, ok)| !ok).map(|(id, _)| id));
-        failed
     }
 }
 
