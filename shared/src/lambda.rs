@@ -30,6 +30,7 @@ pub const ENV_SMS_FALLBACK_QUEUE_URL: &str = "BLUEHOOK_SMS_FALLBACK_QUEUE_URL";
 pub const ENV_ANALYTICS_QUEUE_URL: &str = "BLUEHOOK_ANALYTICS_QUEUE_URL";
 pub const ENV_ANALYTICS_BUCKET: &str = "BLUEHOOK_ANALYTICS_BUCKET";
 pub const ENV_STATE_TABLE: &str = "BLUEHOOK_STATE_TABLE";
+pub const ENV_S3_PATH_STYLE: &str = "BLUEHOOK_S3_PATH_STYLE";
 
 /// The environment variable holding the queue URL of a destination.
 pub fn destination_queue_env(d: Destination) -> &'static str {
@@ -103,8 +104,37 @@ pub async fn router_from_env() -> anyhow::Result<Router> {
 pub async fn analytics_from_env() -> anyhow::Result<Analytics> {
     let aws = aws_config::load_from_env().await;
     let bucket = required_env(ENV_ANALYTICS_BUCKET)?;
-    let store = Arc::new(S3Store::new(aws_sdk_s3::Client::new(&aws), bucket));
+    // Path-style addressing, for S3-compatible endpoints (AWS_ENDPOINT_URL) without bucket DNS.
+    let path_style = std::env::var(ENV_S3_PATH_STYLE).is_ok_and(|v| v == "1" || v == "true");
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&aws)
+            .force_path_style(path_style)
+            .build(),
+    );
+    let store = Arc::new(S3Store::new(s3, bucket));
     Ok(Analytics::new(store, Arc::new(LogMetrics), true))
+}
+
+/// Reports a failed initialisation to the Lambda runtime API (`/runtime/init/error`), as a
+/// custom runtime should, so that the invocation fails with the reason instead of a bare exit;
+/// then returns the error for `main` to exit with.
+pub async fn report_init_error(e: anyhow::Error) -> anyhow::Error {
+    tracing::error!(error = %format!("{e:#}"), "initialisation failed");
+    if let Ok(api) = std::env::var("AWS_LAMBDA_RUNTIME_API") {
+        let body =
+            serde_json::json!({"errorType": "Runtime.InitError", "errorMessage": format!("{e:#}")});
+        let sent = reqwest::Client::new()
+            .post(format!("http://{api}/2018-06-01/runtime/init/error"))
+            .header("Lambda-Runtime-Function-Error-Type", "Runtime.InitError")
+            .json(&body)
+            .timeout(std::time::Duration::from_secs(2))
+            .send()
+            .await;
+        if let Err(err) = sent {
+            tracing::error!(error = %err, "could not report the initialisation error");
+        }
+    }
+    e
 }
 
 /// The `[sinks.<name>]` section a sink function needs.

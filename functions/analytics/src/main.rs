@@ -10,7 +10,10 @@ use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     bluehook::telemetry::init_json();
-    let analytics = Arc::new(bluehook::lambda::analytics_from_env().await?);
+    let analytics = Arc::new(match bluehook::lambda::analytics_from_env().await {
+        Ok(v) => v,
+        Err(e) => return Err(bluehook::lambda::report_init_error(e).await.into()),
+    });
     run(service_fn(move |event: LambdaEvent<SqsEvent>| {
         let analytics = analytics.clone();
         async move { Ok::<_, Error>(handle_sqs_event(analytics.as_ref(), event.payload).await) }

@@ -2,14 +2,17 @@
 
 use std::sync::Arc;
 
-use bluehook::lambda::{ingress_from_env, ingress_request, lambda_response};
+use bluehook::lambda::{ingress_request, lambda_response};
 use lambda_http::{run, service_fn, Error, Request};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     bluehook::telemetry::init_json();
     // Clients and configuration are built once per process, before the first invocation.
-    let ingress = Arc::new(ingress_from_env().await?);
+    let ingress = Arc::new(match bluehook::lambda::ingress_from_env().await {
+        Ok(v) => v,
+        Err(e) => return Err(bluehook::lambda::report_init_error(e).await.into()),
+    });
     run(service_fn(move |req: Request| {
         let ingress = ingress.clone();
         async move {

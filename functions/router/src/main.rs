@@ -9,7 +9,10 @@ use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     bluehook::telemetry::init_json();
-    let router = Arc::new(bluehook::lambda::router_from_env().await?);
+    let router = Arc::new(match bluehook::lambda::router_from_env().await {
+        Ok(v) => v,
+        Err(e) => return Err(bluehook::lambda::report_init_error(e).await.into()),
+    });
     run(service_fn(move |event: LambdaEvent<SqsEvent>| {
         let router = router.clone();
         async move { Ok::<_, Error>(handle_sqs_event(router.as_ref(), event.payload).await) }

@@ -9,7 +9,10 @@ use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     bluehook::telemetry::init_json();
-    let sink = Arc::new(bluehook::lambda::sms_fallback_from_env().await?);
+    let sink = Arc::new(match bluehook::lambda::sms_fallback_from_env().await {
+        Ok(v) => v,
+        Err(e) => return Err(bluehook::lambda::report_init_error(e).await.into()),
+    });
     run(service_fn(move |event: LambdaEvent<SqsEvent>| {
         let sink = sink.clone();
         async move { Ok::<_, Error>(handle_sqs_event(sink.as_ref(), event.payload).await) }

@@ -1,0 +1,302 @@
+//! The built function binaries run through the Lambda runtime API (a local runtime API
+//! server), against moto and local fakes of a CRM and of Twilio. One test drives the whole
+//! chain: an API Gateway HTTP event into ingress, its message off the events queue into the
+//! router, the sink queues into crm-sync, sms-fallback and analytics, and the effects in
+//! DynamoDB, S3 and the fake servers. The configuration comes from an SSM parameter, as
+//! deployed.
+
+mod common;
+
+use std::process::Child;
+
+use common::fake::{twilio_ok, FakeHttp};
+use common::runtime::{start_function, RuntimeApi};
+
+const OUTBOUND: &str = include_str!("../shared/testdata/sendblue/outbound.json");
+const SECRET: &str = "sb-lambda-secret";
+
+struct Kill(Vec<Child>);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn http_api_event(path: &str, body: &str, secret: &str) -> serde_json::Value {
+    serde_json::json!({
+        "version": "2.0",
+        "routeKey": "POST /webhooks/{source}/{type}",
+        "rawPath": path,
+        "rawQueryString": "",
+        "headers": {"content-type": "application/json", "sb-signing-secret": secret},
+        "requestContext": {
+            "accountId": "123456789012", "apiId": "api", "domainName": "api.execute-api.us-east-1.amazonaws.com",
+            "domainPrefix": "api", "requestId": uuid::Uuid::new_v4().to_string(), "routeKey": "POST /webhooks/{source}/{type}",
+            "stage": "$default", "time": "23/Nov/2026:05:00:00 +0000", "timeEpoch": 1795410000000i64,
+            "http": {"method": "POST", "path": path, "protocol": "HTTP/1.1", "sourceIp": "203.0.113.9", "userAgent": "Sendblue"}
+        },
+        "body": body,
+        "isBase64Encoded": false
+    })
+}
+
+/// Everything on a queue, as the SQS event Lambda would deliver (messages deleted).
+async fn sqs_event_from(sqs: &aws_sdk_sqs::Client, url: &str, arn: &str) -> serde_json::Value {
+    let mut records = Vec::new();
+    loop {
+        let out = sqs
+            .receive_message()
+            .queue_url(url)
+            .max_number_of_messages(10)
+            .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
+            .send()
+            .await
+            .unwrap();
+        let msgs = out.messages.unwrap_or_default();
+        if msgs.is_empty() {
+            break;
+        }
+        for m in msgs {
+            sqs.delete_message()
+                .queue_url(url)
+                .receipt_handle(m.receipt_handle.clone().unwrap())
+                .send()
+                .await
+                .unwrap();
+            records.push(serde_json::json!({
+                "messageId": m.message_id, "receiptHandle": m.receipt_handle, "body": m.body,
+                "attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": "1795410000000"},
+                "messageAttributes": {}, "md5OfBody": m.md5_of_body, "eventSource": "aws:sqs",
+                "eventSourceARN": arn, "awsRegion": "us-east-1"
+            }));
+        }
+    }
+    serde_json::json!({ "Records": records })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_chain_through_the_runtime_api() {
+    let endpoint = common::moto_endpoint();
+    let conf = common::aws_config(&endpoint).await;
+    let ddb = aws_sdk_dynamodb::Client::new(&conf);
+    let sqs = aws_sdk_sqs::Client::new(&conf);
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&conf)
+            .force_path_style(true)
+            .build(),
+    );
+    let ssm = aws_sdk_ssm::Client::new(&conf);
+
+    let (idem, state) = (common::unique("idem"), common::unique("state"));
+    common::create_idempotency_table(&ddb, &idem).await;
+    common::create_idempotency_table(&ddb, &state).await;
+    let mut queues = std::collections::HashMap::new();
+    for q in ["events", "crm", "sms", "analytics"] {
+        let name = common::unique(q);
+        let url = common::create_queue(&sqs, &name).await;
+        queues.insert(
+            q,
+            (url, format!("arn:aws:sqs:us-east-1:123456789012:{name}")),
+        );
+    }
+    let bucket = common::unique("archive");
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+
+    let crm = FakeHttp::start(|_, _| (200, "{}".into())).await;
+    let twilio = FakeHttp::start(twilio_ok).await;
+    let config_param = format!("/bluehook/test/{}", common::unique("config"));
+    let token_param = format!("/bluehook/test/{}", common::unique("twilio-token"));
+    ssm.put_parameter()
+        .name(&token_param)
+        .value("tw-token-from-ssm")
+        .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+        .send()
+        .await
+        .unwrap();
+    let config = format!(
+        r#"
+[sources.sendblue]
+provider = "sendblue"
+secrets = ["{SECRET}"]
+
+[sinks.crm]
+adapter = "http"
+url = "{crm}/crm"
+secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+[sinks.sms_fallback]
+adapter = "twilio"
+base_url = "{twilio}"
+account_sid = "AC42"
+auth_token = "ssm:{token_param}"
+from = "+15550001111"
+
+[sinks.analytics]
+"#,
+        crm = crm.url,
+        twilio = twilio.url
+    );
+    ssm.put_parameter()
+        .name(&config_param)
+        .value(config)
+        .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+        .send()
+        .await
+        .unwrap();
+
+    let env = |extra: &[(&str, &str)]| -> Vec<(&'static str, String)> {
+        let mut v: Vec<(&'static str, String)> = vec![
+            ("AWS_ENDPOINT_URL", endpoint.clone()),
+            ("BLUEHOOK_CONFIG_SSM", config_param.clone()),
+            ("BLUEHOOK_IDEMPOTENCY_TABLE", idem.clone()),
+            ("BLUEHOOK_STATE_TABLE", state.clone()),
+            ("BLUEHOOK_EVENTS_QUEUE_URL", queues["events"].0.clone()),
+            ("BLUEHOOK_CRM_QUEUE_URL", queues["crm"].0.clone()),
+            ("BLUEHOOK_SMS_FALLBACK_QUEUE_URL", queues["sms"].0.clone()),
+            (
+                "BLUEHOOK_ANALYTICS_QUEUE_URL",
+                queues["analytics"].0.clone(),
+            ),
+            ("BLUEHOOK_ANALYTICS_BUCKET", bucket.clone()),
+            ("BLUEHOOK_S3_PATH_STYLE", "true".into()),
+        ];
+        for (k, val) in extra {
+            v.retain(|(name, _)| name != k);
+            v.push((Box::leak(k.to_string().into_boxed_str()), val.to_string()));
+        }
+        v
+    };
+
+    let mut apis = std::collections::HashMap::new();
+    let mut children = Kill(Vec::new());
+    for f in ["ingress", "router", "crm-sync", "sms-fallback", "analytics"] {
+        let api = RuntimeApi::start().await;
+        children.0.push(start_function(f, &api, &env(&[])));
+        apis.insert(f, api);
+    }
+
+    // Ingress: two webhooks as API Gateway HTTP events, one with a wrong secret.
+    let sent = OUTBOUND
+        .replace("\"Hello world!\"", "\"Running late, 10 min\"")
+        .replace("5a17319e-cbcf-443e-897e-d8b0c04b1b09", "h1");
+    let failed = sent.replace("\"SENT\"", "\"ERROR\"");
+    for (body, secret, want) in [
+        (&sent, SECRET, 200),
+        (&failed, SECRET, 200),
+        (&sent, "forged", 401),
+        (&sent, SECRET, 200),
+    ] {
+        let answer = apis["ingress"]
+            .invoke(&http_api_event("/webhooks/sendblue/outbound", body, secret))
+            .await
+            .unwrap();
+        assert_eq!(answer["statusCode"], want, "{answer}");
+    }
+    assert!(apis["ingress"].init_error().is_none());
+
+    // Router: the events queue as one SQS event.
+    let events = sqs_event_from(&sqs, &queues["events"].0, &queues["events"].1).await;
+    assert_eq!(
+        events["Records"].as_array().unwrap().len(),
+        2,
+        "two accepted, one duplicate, one refused"
+    );
+    let answer = apis["router"].invoke(&events).await.unwrap();
+    assert_eq!(answer["batchItemFailures"], serde_json::json!([]));
+
+    // The sinks, each on its queue. crm-sync first: the SMS content check reads its state.
+    for (f, q) in [
+        ("crm-sync", "crm"),
+        ("sms-fallback", "sms"),
+        ("analytics", "analytics"),
+    ] {
+        let batch = sqs_event_from(&sqs, &queues[q].0, &queues[q].1).await;
+        assert!(
+            !batch["Records"].as_array().unwrap().is_empty(),
+            "{q} got events"
+        );
+        let answer = apis[f].invoke(&batch).await.unwrap();
+        assert_eq!(answer["batchItemFailures"], serde_json::json!([]), "{f}");
+        // SQS redelivers the same batch: still no failure, and (below) no second effect.
+        let again = apis[f].invoke(&batch).await.unwrap();
+        assert_eq!(
+            again["batchItemFailures"],
+            serde_json::json!([]),
+            "{f} again"
+        );
+    }
+
+    // Effects.
+    assert_eq!(crm.requests().len(), 2, "SENT and ERROR pushed once each");
+    let sms = twilio.requests();
+    assert_eq!(sms.len(), 1);
+    assert_eq!(sms[0].form()["Body"], "Running late, 10 min");
+    use base64::Engine;
+    let auth = base64::engine::general_purpose::STANDARD.encode("AC42:tw-token-from-ssm");
+    assert_eq!(
+        sms[0].headers["authorization"],
+        format!("Basic {auth}"),
+        "secret read from SSM"
+    );
+    let item = ddb
+        .get_item()
+        .table_name(&state)
+        .key(
+            "pk",
+            aws_sdk_dynamodb::types::AttributeValue::S("msg#sendblue#h1".into()),
+        )
+        .send()
+        .await
+        .unwrap()
+        .item
+        .unwrap();
+    assert_eq!(item["status"].as_s().unwrap(), "failed");
+    assert_eq!(item["content"].as_s().unwrap(), "Running late, 10 min");
+    let objects = s3
+        .list_objects_v2()
+        .bucket(&bucket)
+        .prefix("events/dt=")
+        .send()
+        .await
+        .unwrap();
+    let keys: Vec<&str> = objects.contents().iter().filter_map(|o| o.key()).collect();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let body = s3
+        .get_object()
+        .bucket(&bucket)
+        .key(keys[0])
+        .send()
+        .await
+        .unwrap()
+        .body
+        .collect()
+        .await
+        .unwrap()
+        .to_vec();
+    assert_eq!(String::from_utf8(body).unwrap().lines().count(), 2);
+}
+
+#[tokio::test]
+async fn a_function_without_its_configuration_reports_an_init_error() {
+    let api = RuntimeApi::start().await;
+    let mut child = start_function(
+        "ingress",
+        &api,
+        &[(
+            "BLUEHOOK_CONFIG",
+            "[sources.x]\nprovider = \"nope\"\n".into(),
+        )],
+    );
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(!status.success(), "the process exits");
+    let error = api
+        .init_error()
+        .expect("init error reported to the runtime API");
+    assert!(error.contains("unknown provider"), "{error}");
+}
