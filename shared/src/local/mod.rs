@@ -194,7 +194,8 @@ pub async fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
                 adapter,
                 metrics.clone(),
             )),
-            10,
+            // Locally batches need not stop at SQS's ten: fewer, larger transactions.
+            64,
         ));
     }
     if let Some(v) = sink_section(Destination::SmsFallback) {
@@ -215,7 +216,8 @@ pub async fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
         stages.push((
             Destination::Analytics,
             Arc::new(Analytics::new(store, metrics.clone(), false)),
-            10,
+            // Each archive object is fsynced: write few, large ones.
+            500,
         ));
     }
     let mut destinations: BTreeMap<Destination, Arc<dyn Queue>> = BTreeMap::new();
