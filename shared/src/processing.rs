@@ -78,6 +78,9 @@ pub async fn handle_sqs_event(processor: &dyn Processor, event: SqsEvent) -> Sqs
     sqs_batch_response(failed)
 }
 
+/// How long a local worker keeps draining its queue after the stop signal.
+const DRAIN_ON_STOP: Duration = Duration::from_secs(5);
+
 /// Feeds a local queue to a processor until `shutdown`: what it processed is deleted (and
 /// counted as `processed.<queue>` in the same transaction); what it names for retry comes back
 /// after the visibility timeout and, past the maximum receives, moves to the dead-letter queue.
@@ -88,19 +91,30 @@ pub async fn run_local_worker(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let counter: &'static str = Box::leak(format!("processed.{}", queue.name()).into_boxed_str());
+    // After the stop signal, what is already queued is still processed, for a bounded time, so
+    // that a clean stop leaves nothing behind that was ready to go.
+    let mut drain_until: Option<tokio::time::Instant> = None;
     loop {
-        if *shutdown.borrow() {
-            return;
+        if drain_until.is_none() && *shutdown.borrow() {
+            drain_until = Some(tokio::time::Instant::now() + DRAIN_ON_STOP);
         }
-        let deliveries = tokio::select! {
-            got = queue.receive(batch_size, Duration::from_secs(1)) => got,
-            _ = shutdown.changed() => return,
+        let deliveries = match drain_until {
+            Some(deadline) if tokio::time::Instant::now() >= deadline => return,
+            Some(_) => queue.receive(batch_size, Duration::ZERO).await,
+            None => tokio::select! {
+                got = queue.receive(batch_size, Duration::from_secs(1)) => got,
+                _ = shutdown.changed() => continue,
+            },
         };
         let deliveries = match deliveries {
+            Ok(d) if d.is_empty() && drain_until.is_some() => return,
             Ok(d) if d.is_empty() => continue,
             Ok(d) => d,
             Err(e) => {
                 tracing::error!(queue = queue.name(), error = %e, "receive failed");
+                if drain_until.is_some() {
+                    return;
+                }
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }

@@ -247,20 +247,22 @@ pub async fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
         &sinks,
     );
 
+    // The server stops first; the workers then drain what it queued, the router first.
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (stop_workers_tx, stop_workers_rx) = watch::channel(false);
     let server = tokio::spawn(server::serve(listener, ingress, stop_rx.clone()));
     let mut workers = vec![tokio::spawn(run_local_worker(
         queue,
         Arc::new(event_log::LoggingRouter::new(log, router)),
         64,
-        stop_rx.clone(),
+        stop_workers_rx.clone(),
     ))];
     for (d, stage, batch) in stages {
         workers.push(tokio::spawn(run_local_worker(
             local_queue(d),
             stage,
             batch,
-            stop_rx.clone(),
+            stop_workers_rx.clone(),
         )));
     }
     let purge = tokio::spawn(purge_expired_keys(idempotency, stop_rx));
@@ -269,6 +271,7 @@ pub async fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
     tracing::info!("stopping: finishing requests in flight");
     let _ = stop_tx.send(true);
     let _ = server.await;
+    let _ = stop_workers_tx.send(true);
     for w in workers {
         let _ = w.await;
     }
