@@ -50,11 +50,12 @@ impl IdempotencyStore for MemoryIdempotency {
         Ok(Claim::Acquired(token))
     }
 
-    async fn complete(
+    async fn complete_with_result(
         &self,
         key: &str,
         token: &ClaimToken,
         t: ClaimTimes,
+        _result: Option<&str>,
     ) -> Result<(), StoreError> {
         let mut entries = self.entries.lock().unwrap();
         match entries.get_mut(key) {
@@ -65,16 +66,6 @@ impl IdempotencyStore for MemoryIdempotency {
             }
             _ => Err(StoreError("claim lost before completion".into())),
         }
-    }
-
-    async fn complete_with_result(
-        &self,
-        key: &str,
-        token: &ClaimToken,
-        t: ClaimTimes,
-        _result: &str,
-    ) -> Result<(), StoreError> {
-        self.complete(key, token, t).await
     }
 
     async fn release(&self, key: &str, token: &ClaimToken) -> Result<(), StoreError> {

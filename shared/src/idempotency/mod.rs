@@ -75,14 +75,17 @@ pub trait IdempotencyStore: Send + Sync {
         key: &str,
         token: &ClaimToken,
         times: ClaimTimes,
-    ) -> Result<(), StoreError>;
-    /// Completes the claim and records what the effect produced (a provider's message id, ...).
+    ) -> Result<(), StoreError> {
+        self.complete_with_result(key, token, times, None).await
+    }
+    /// Completes the claim, recording what the effect produced (a provider's message id, ...)
+    /// where there is something.
     async fn complete_with_result(
         &self,
         key: &str,
         token: &ClaimToken,
         times: ClaimTimes,
-        result: &str,
+        result: Option<&str>,
     ) -> Result<(), StoreError>;
     /// Gives the key back after a failed enqueue.
     async fn release(&self, key: &str, token: &ClaimToken) -> Result<(), StoreError>;
@@ -157,7 +160,7 @@ pub mod contract {
         ));
         assert!(store.complete(&k2, &tok2, times(t0 + 3)).await.is_err());
         store
-            .complete_with_result(&k2, &tok2b, times(t0 + 3), "SM123")
+            .complete_with_result(&k2, &tok2b, times(t0 + 3), Some("SM123"))
             .await
             .unwrap();
         assert_eq!(

@@ -122,23 +122,14 @@ impl IdempotencyStore for SqliteIdempotency {
         }
     }
 
-    async fn complete(
-        &self,
-        key: &str,
-        token: &ClaimToken,
-        t: ClaimTimes,
-    ) -> Result<(), StoreError> {
-        self.finish(key, token, t, None).await
-    }
-
     async fn complete_with_result(
         &self,
         key: &str,
         token: &ClaimToken,
         t: ClaimTimes,
-        result: &str,
+        result: Option<&str>,
     ) -> Result<(), StoreError> {
-        self.finish(key, token, t, Some(result)).await
+        self.finish(key, token, t, result).await
     }
 
     async fn release(&self, key: &str, token: &ClaimToken) -> Result<(), StoreError> {

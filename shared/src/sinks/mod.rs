@@ -147,18 +147,10 @@ impl Effects {
 
     /// Marks the effect done, recording what it produced (a provider's id) if anything.
     pub async fn complete(&self, key: &str, token: &ClaimToken, result: Option<&str>) {
-        let done = match result {
-            Some(r) => {
-                self.store
-                    .complete_with_result(&self.key(key), token, self.times(), r)
-                    .await
-            }
-            None => {
-                self.store
-                    .complete(&self.key(key), token, self.times())
-                    .await
-            }
-        };
+        let done = self
+            .store
+            .complete_with_result(&self.key(key), token, self.times(), result)
+            .await;
         if let Err(e) = done {
             tracing::warn!(sink = self.sink, error = %e, "effect done but its key could not be completed");
         }
