@@ -77,49 +77,6 @@ fn held_claim(item: Option<&HashMap<String, AttributeValue>>, now_ms: i64) -> Cl
     }
 }
 
-impl DynamoIdempotency {
-    /// Completes the claim held by `token`, recording `result` if given.
-    async fn finish(
-        &self,
-        key: &str,
-        token: &ClaimToken,
-        t: ClaimTimes,
-        result: Option<&str>,
-    ) -> Result<(), StoreError> {
-        let mut update = "SET #st = :completed, expires_at = :exp".to_owned();
-        let mut req = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(key))
-            .condition_expression(HOLDER_CONDITION)
-            .expression_attribute_names("#st", "state")
-            .expression_attribute_names("#tok", "token")
-            .expression_attribute_values(":completed", s("completed"))
-            .expression_attribute_values(":in_progress", s("in_progress"))
-            .expression_attribute_values(":tok", s(&token.0))
-            .expression_attribute_values(":exp", n(t.expires_at_secs()));
-        if let Some(r) = result {
-            update.push_str(", #res = :res");
-            req = req
-                .expression_attribute_names("#res", "result")
-                .expression_attribute_values(":res", s(r));
-        }
-        match req.update_expression(update).send().await {
-            Ok(_) => Ok(()),
-            Err(SdkError::ServiceError(se))
-                if matches!(
-                    se.err(),
-                    UpdateItemError::ConditionalCheckFailedException(_)
-                ) =>
-            {
-                Err(StoreError("claim lost before completion".into()))
-            }
-            Err(e) => Err(err(e)),
-        }
-    }
-}
-
 #[async_trait]
 impl IdempotencyStore for DynamoIdempotency {
     async fn claim(&self, key: &str, event_id: &str, t: ClaimTimes) -> Result<Claim, StoreError> {
@@ -161,7 +118,37 @@ impl IdempotencyStore for DynamoIdempotency {
         t: ClaimTimes,
         result: Option<&str>,
     ) -> Result<(), StoreError> {
-        self.finish(key, token, t, result).await
+        let mut update = "SET #st = :completed, expires_at = :exp".to_owned();
+        let mut req = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(key))
+            .condition_expression(HOLDER_CONDITION)
+            .expression_attribute_names("#st", "state")
+            .expression_attribute_names("#tok", "token")
+            .expression_attribute_values(":completed", s("completed"))
+            .expression_attribute_values(":in_progress", s("in_progress"))
+            .expression_attribute_values(":tok", s(&token.0))
+            .expression_attribute_values(":exp", n(t.expires_at_secs()));
+        if let Some(r) = result {
+            update.push_str(", #res = :res");
+            req = req
+                .expression_attribute_names("#res", "result")
+                .expression_attribute_values(":res", s(r));
+        }
+        match req.update_expression(update).send().await {
+            Ok(_) => Ok(()),
+            Err(SdkError::ServiceError(se))
+                if matches!(
+                    se.err(),
+                    UpdateItemError::ConditionalCheckFailedException(_)
+                ) =>
+            {
+                Err(StoreError("claim lost before completion".into()))
+            }
+            Err(e) => Err(err(e)),
+        }
     }
 
     async fn release(&self, key: &str, token: &ClaimToken) -> Result<(), StoreError> {

@@ -17,33 +17,6 @@ impl SqliteIdempotency {
         SqliteIdempotency { db }
     }
 
-    /// Completes the claim held by `token`, recording `result` if given.
-    async fn finish(
-        &self,
-        key: &str,
-        token: &ClaimToken,
-        t: ClaimTimes,
-        result: Option<&str>,
-    ) -> Result<(), StoreError> {
-        let (key, tok, result) = (key.to_owned(), token.0.clone(), result.map(str::to_owned));
-        let n = self
-            .db
-            .write(move |c| {
-                c.execute(
-                    "UPDATE idempotency SET state = 'completed', expires_at = ?3, result = coalesce(?4, result)
-                     WHERE key = ?1 AND token = ?2 AND state = 'in_progress'",
-                    params![key, tok, t.expires_at_secs(), result],
-                )
-            })
-            .await
-            .map_err(|e| StoreError(e.to_string()))?;
-        if n == 1 {
-            Ok(())
-        } else {
-            Err(StoreError("claim lost before completion".into()))
-        }
-    }
-
     /// Frees every in-progress claim whose key starts with `prefix`. For a restart of the only
     /// process that could hold them, and only for effects that are safe to repeat. Returns how
     /// many.
@@ -129,7 +102,23 @@ impl IdempotencyStore for SqliteIdempotency {
         t: ClaimTimes,
         result: Option<&str>,
     ) -> Result<(), StoreError> {
-        self.finish(key, token, t, result).await
+        let (key, tok, result) = (key.to_owned(), token.0.clone(), result.map(str::to_owned));
+        let n = self
+            .db
+            .write(move |c| {
+                c.execute(
+                    "UPDATE idempotency SET state = 'completed', expires_at = ?3, result = coalesce(?4, result)
+                     WHERE key = ?1 AND token = ?2 AND state = 'in_progress'",
+                    params![key, tok, t.expires_at_secs(), result],
+                )
+            })
+            .await
+            .map_err(|e| StoreError(e.to_string()))?;
+        if n == 1 {
+            Ok(())
+        } else {
+            Err(StoreError("claim lost before completion".into()))
+        }
     }
 
     async fn release(&self, key: &str, token: &ClaimToken) -> Result<(), StoreError> {

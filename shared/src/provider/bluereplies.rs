@@ -8,8 +8,8 @@ use serde_json::Value;
 use super::generic::{self, Profile};
 use super::signing::{any_mac_matches, Algorithm, Encoding};
 use super::{
-    single_header, AuthError, ParseError, Parsed, Provider, SampleOptions, SampleRequest, Settings,
-    WebhookRequest,
+    signature_header, AuthError, ParseError, Parsed, Provider, SampleOptions, SampleRequest,
+    Settings, WebhookRequest,
 };
 use crate::config::{ConfigError, Secret};
 use crate::event::{EventKind, MessageStatus, Service};
@@ -79,14 +79,10 @@ impl Provider for BlueReplies {
     }
 
     fn verify(&self, req: &WebhookRequest<'_>) -> Result<(), AuthError> {
-        let presented = single_header(req.headers, SIGNATURE_HEADER)?;
-        if self.keys.is_empty() {
-            return Err(AuthError::NoSecrets);
-        }
-        let presented = std::str::from_utf8(presented)
-            .ok()
-            .and_then(|s| Encoding::Hex.decode(s.strip_prefix("sha256=").unwrap_or(s)))
-            .ok_or(AuthError::MalformedSignature)?;
+        let presented =
+            signature_header(req.headers, SIGNATURE_HEADER, !self.keys.is_empty(), |s| {
+                Encoding::Hex.decode(s.strip_prefix("sha256=").unwrap_or(s))
+            })?;
         if any_mac_matches(Algorithm::Sha256, &self.keys, &[req.body], &[presented]) {
             Ok(())
         } else {

@@ -254,6 +254,24 @@ pub fn single_header<'a>(headers: &'a HeaderMap, name: &str) -> Result<&'a [u8],
     Ok(first.as_bytes())
 }
 
+/// The decoded signature in header `name`: the header must be sent once, some secret must be
+/// configured, and the value must decode.
+pub fn signature_header(
+    headers: &HeaderMap,
+    name: &str,
+    has_secrets: bool,
+    decode: impl Fn(&str) -> Option<Vec<u8>>,
+) -> Result<Vec<u8>, AuthError> {
+    let raw = single_header(headers, name)?;
+    if !has_secrets {
+        return Err(AuthError::NoSecrets);
+    }
+    std::str::from_utf8(raw)
+        .ok()
+        .and_then(decode)
+        .ok_or(AuthError::MalformedSignature)
+}
+
 /// Overrides for a sample event made by `bluehook send`.
 #[derive(Debug, Clone, Default)]
 pub struct SampleOptions {

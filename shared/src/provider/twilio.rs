@@ -10,8 +10,8 @@ use sha2::{Digest, Sha256};
 
 use super::signing::{any_mac_matches, macs_equal, Algorithm, Encoding};
 use super::{
-    single_header, AuthError, ParseError, Parsed, Provider, SampleOptions, SampleRequest, Settings,
-    WebhookRequest,
+    signature_header, AuthError, ParseError, Parsed, Provider, SampleOptions, SampleRequest,
+    Settings, WebhookRequest,
 };
 use crate::config::{ConfigError, Secret};
 use crate::event::{
@@ -162,14 +162,10 @@ impl Provider for Twilio {
     }
 
     fn verify(&self, req: &WebhookRequest<'_>) -> Result<(), AuthError> {
-        let presented = single_header(req.headers, SIGNATURE_HEADER)?;
-        if self.keys.is_empty() {
-            return Err(AuthError::NoSecrets);
-        }
-        let presented = std::str::from_utf8(presented)
-            .ok()
-            .and_then(|s| Encoding::Base64.decode(s))
-            .ok_or(AuthError::MalformedSignature)?;
+        let presented =
+            signature_header(req.headers, SIGNATURE_HEADER, !self.keys.is_empty(), |s| {
+                Encoding::Base64.decode(s)
+            })?;
         let body_hash = query_param(req.query, "bodySHA256");
         let params = if body_hash.is_some() {
             Vec::new()
