@@ -15,10 +15,13 @@ use crate::config::{
     resolve_secrets, valid_source_name, Config, ConfigError, IngressConfig, SsmReader,
 };
 use crate::event::Event;
-use crate::idempotency::{Claim, ClaimTimes, IdempotencyStore};
+use crate::idempotency::{Accepted, AtomicAccept, Claim, ClaimTimes, IdempotencyStore};
 use crate::metrics::{self, Metrics};
 use crate::provider::{self, AuthError, Parsed, Provider, WebhookRequest};
 use crate::queue::{OutgoingMessage, Queue};
+
+/// Most bytes of header names and values a webhook may carry (providers send a few hundred).
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 
 /// The body as the transport adapter could read it.
 #[derive(Debug, Clone)]
@@ -123,6 +126,16 @@ pub struct Ingress {
     queue: Arc<dyn Queue>,
     metrics: Arc<dyn Metrics>,
     limits: IngressConfig,
+    /// Claim, enqueue and complete in one step, where the backend can.
+    atomic: Option<Arc<dyn AtomicAccept>>,
+}
+
+/// What happened to one event of a request.
+enum Outcome {
+    Queued,
+    Duplicate,
+    /// The answer for the whole request (503).
+    Stop(IngressResponse),
 }
 
 /// A request's route, once the path has been read.
@@ -163,7 +176,15 @@ impl Ingress {
             queue,
             metrics,
             limits,
+            atomic: None,
         }
+    }
+
+    /// Accepts each event with one atomic step of `atomic` instead of the three-step protocol
+    /// (the embedded database, whose keys and queue share a transaction).
+    pub fn with_atomic_accept(mut self, atomic: Arc<dyn AtomicAccept>) -> Ingress {
+        self.atomic = Some(atomic);
+        self
     }
 
     pub fn max_body_bytes(&self) -> usize {
@@ -226,6 +247,18 @@ impl Ingress {
             r.allow = Some("POST");
             return r;
         }
+        let header_bytes: usize = req
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len())
+            .sum();
+        if header_bytes > MAX_HEADER_BYTES {
+            return IngressResponse::error(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers_too_large",
+                format!("headers exceed {MAX_HEADER_BYTES} bytes"),
+            );
+        }
         let provider = match self.sources.get(source) {
             Some(p) if valid_source_name(source) => p,
             _ => {
@@ -278,6 +311,17 @@ impl Ingress {
                 .incr(&format!("{}{}", metrics::AUTH_PREFIX, e.reason()), 1);
             return IngressResponse::error(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string());
         }
+        if provider::json_nesting_exceeds(body, provider::MAX_JSON_DEPTH) {
+            tracing::warn!(source, "webhook refused: JSON nested too deeply");
+            return IngressResponse::error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!(
+                    "JSON nested deeper than {} levels",
+                    provider::MAX_JSON_DEPTH
+                ),
+            );
+        }
         let events = match provider.parse(&wreq) {
             Ok(Parsed::Events(events)) => events,
             Ok(Parsed::Ping) => {
@@ -317,69 +361,31 @@ impl Ingress {
                 lease: Duration::from_secs(self.limits.claim_lease_secs),
                 ttl: Duration::from_secs(self.limits.idempotency_ttl_secs),
             };
-            let token = match self
-                .idempotency
-                .claim(&event.idempotency_key, &event.id, times)
-                .await
-            {
-                Ok(Claim::Acquired(token)) => token,
-                Ok(Claim::Completed) => {
+            let outcome = match &self.atomic {
+                Some(atomic) => {
+                    self.accept_atomically(atomic.as_ref(), source, &event, times)
+                        .await
+                }
+                None => self.accept_in_three_steps(source, &event, times).await,
+            };
+            match outcome {
+                Outcome::Queued => {
+                    tracing::info!(
+                        source,
+                        event_id = %event.id,
+                        kind = event.kind.as_str(),
+                        status = event.status.map(|s| s.as_str()),
+                        "accepted"
+                    );
+                    accepted.push(event.id);
+                }
+                Outcome::Duplicate => {
                     tracing::info!(source, event_id = %event.id, "duplicate");
                     self.metrics.incr(metrics::DUPLICATES, 1);
                     duplicates += 1;
-                    continue;
                 }
-                Ok(Claim::InProgress { retry_after }) => {
-                    tracing::info!(source, event_id = %event.id, "same event in progress elsewhere");
-                    let mut r = IngressResponse::error(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "in_progress",
-                        "the same event is being accepted by another delivery; retry",
-                    );
-                    r.retry_after = Some(retry_after.as_secs());
-                    return r;
-                }
-                Err(e) => {
-                    tracing::error!(source, event_id = %event.id, error = %e, "claim failed");
-                    return unavailable();
-                }
-            };
-            let message = OutgoingMessage {
-                id: event.id.clone(),
-                body: event.to_json(),
-            };
-            if let Err(e) = self.queue.send(std::slice::from_ref(&message)).await {
-                tracing::error!(source, event_id = %event.id, error = %e, "enqueue failed; releasing claim");
-                if let Err(e) = self
-                    .idempotency
-                    .release(&event.idempotency_key, &token)
-                    .await
-                {
-                    // The lease will run out and free the key for the provider's retry.
-                    tracing::error!(source, event_id = %event.id, error = %e, "release failed");
-                }
-                return unavailable();
+                Outcome::Stop(response) => return response,
             }
-            // Counted before completing: with the embedded store the count then commits no later
-            // than the completion, so an acked event is always in `stats`.
-            self.metrics.incr(metrics::ACCEPTED, 1);
-            if let Err(e) = self
-                .idempotency
-                .complete(&event.idempotency_key, &token, times)
-                .await
-            {
-                // The event is durably queued: still an ack. If the claim's lease runs out, a
-                // retry may queue it once more, with the same event id for downstream to drop.
-                tracing::warn!(source, event_id = %event.id, error = %e, "complete failed after enqueue");
-            }
-            tracing::info!(
-                source,
-                event_id = %event.id,
-                kind = event.kind.as_str(),
-                status = event.status.map(|s| s.as_str()),
-                "accepted"
-            );
-            accepted.push(event.id);
         }
         if accepted.is_empty() {
             tracing::debug!(source, duplicates, "all duplicates");
@@ -398,6 +404,101 @@ impl Ingress {
                     events: Some(&accepted),
                 },
             )
+        }
+    }
+
+    fn in_progress(retry_after: Duration) -> Outcome {
+        let mut r = IngressResponse::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "in_progress",
+            "the same event is being accepted by another delivery; retry",
+        );
+        r.retry_after = Some(retry_after.as_secs());
+        Outcome::Stop(r)
+    }
+
+    /// The protocol of the idempotency module: claim, enqueue, complete (release on a failed
+    /// enqueue).
+    async fn accept_in_three_steps(
+        &self,
+        source: &str,
+        event: &Event,
+        times: ClaimTimes,
+    ) -> Outcome {
+        let token = match self
+            .idempotency
+            .claim(&event.idempotency_key, &event.id, times)
+            .await
+        {
+            Ok(Claim::Acquired(token)) => token,
+            Ok(Claim::Completed) => return Outcome::Duplicate,
+            Ok(Claim::InProgress { retry_after }) => {
+                tracing::info!(source, event_id = %event.id, "same event in progress elsewhere");
+                return Self::in_progress(retry_after);
+            }
+            Err(e) => {
+                tracing::error!(source, event_id = %event.id, error = %e, "claim failed");
+                return Outcome::Stop(unavailable());
+            }
+        };
+        let message = OutgoingMessage {
+            id: event.id.clone(),
+            body: event.to_json(),
+        };
+        if let Err(e) = self.queue.send(std::slice::from_ref(&message)).await {
+            tracing::error!(source, event_id = %event.id, error = %e, "enqueue failed; releasing claim");
+            if let Err(e) = self
+                .idempotency
+                .release(&event.idempotency_key, &token)
+                .await
+            {
+                // The lease will run out and free the key for the provider's retry.
+                tracing::error!(source, event_id = %event.id, error = %e, "release failed");
+            }
+            return Outcome::Stop(unavailable());
+        }
+        // Counted before completing: the count is then never behind an acknowledged event.
+        self.metrics.incr(metrics::ACCEPTED, 1);
+        if let Err(e) = self
+            .idempotency
+            .complete(&event.idempotency_key, &token, times)
+            .await
+        {
+            // The event is durably queued: still an ack. If the claim's lease runs out, a
+            // retry may queue it once more, with the same event id for downstream to drop.
+            tracing::warn!(source, event_id = %event.id, error = %e, "complete failed after enqueue");
+        }
+        Outcome::Queued
+    }
+
+    /// Claim, enqueue and complete as one transaction.
+    async fn accept_atomically(
+        &self,
+        atomic: &dyn AtomicAccept,
+        source: &str,
+        event: &Event,
+        times: ClaimTimes,
+    ) -> Outcome {
+        let message = OutgoingMessage {
+            id: event.id.clone(),
+            body: event.to_json(),
+        };
+        let metrics = self.metrics.clone();
+        let counted = Box::new(move || metrics.incr(metrics::ACCEPTED, 1));
+        match atomic
+            .accept(&event.idempotency_key, &message, times, counted)
+            .await
+        {
+            Ok(Accepted::Queued) => Outcome::Queued,
+            Ok(Accepted::Duplicate) => Outcome::Duplicate,
+            Ok(Accepted::InProgress { retry_after }) => {
+                tracing::info!(source, event_id = %event.id, "same event in progress elsewhere");
+                Self::in_progress(retry_after)
+            }
+            Err(e) => {
+                tracing::error!(source, event_id = %event.id, error = %e, "accept failed");
+                Outcome::Stop(unavailable())
+            }
         }
     }
 }

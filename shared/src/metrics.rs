@@ -41,7 +41,8 @@ pub trait Metrics: Send + Sync {
     fn observe_ms(&self, _name: &str, _ms: i64) {}
 }
 
-/// Counters in the embedded database. Increments ride along with the next group commit.
+/// Counters in the embedded database. Increments are gathered in memory and written by the next
+/// group commit, so an increment made before a write is durable no later than that write.
 #[derive(Clone)]
 pub struct SqliteCounters {
     db: Db,
@@ -55,15 +56,7 @@ impl SqliteCounters {
 
 impl Metrics for SqliteCounters {
     fn incr(&self, name: &str, by: u64) {
-        let name = name.to_owned();
-        self.db.write_detached(move |c| {
-            c.execute(
-                "INSERT INTO counters(name, value) VALUES (?1, ?2)
-                 ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
-                rusqlite::params![name, by as i64],
-            )
-            .map(|_| ())
-        });
+        self.db.count(name, by);
     }
 }
 

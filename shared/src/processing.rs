@@ -101,10 +101,16 @@ pub async fn run_local_worker(
         let deliveries = match drain_until {
             Some(deadline) if tokio::time::Instant::now() >= deadline => return,
             Some(_) => queue.receive(batch_size, Duration::ZERO).await,
-            None => tokio::select! {
-                got = queue.receive(batch_size, Duration::from_secs(1)) => got,
-                _ = shutdown.changed() => continue,
-            },
+            None => {
+                // A receive that has begun may already have taken messages: on a stop it is
+                // finished, not dropped, and what it took is processed.
+                let receive = queue.receive(batch_size, Duration::from_secs(1));
+                tokio::pin!(receive);
+                tokio::select! {
+                    got = &mut receive => got,
+                    _ = shutdown.changed() => receive.await,
+                }
+            }
         };
         let deliveries = match deliveries {
             Ok(d) if d.is_empty() && drain_until.is_some() => return,

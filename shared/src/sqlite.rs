@@ -7,8 +7,9 @@
 //! "durable". Each write runs inside its own savepoint, so one failing write does not undo the
 //! others of its group.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 
 use rusqlite::Connection;
@@ -34,10 +35,14 @@ impl From<rusqlite::Error> for DbError {
 type Reply = Box<dyn FnOnce(Result<(), DbError>) + Send>;
 type Job = Box<dyn FnOnce(&Connection) -> Option<Reply> + Send>;
 
+/// Counter increments not yet written; the writer adds them to the transaction it commits next.
+type PendingCounters = Arc<Mutex<HashMap<String, u64>>>;
+
 /// Handle to the database; cheap to clone.
 #[derive(Clone)]
 pub struct Db {
     jobs: mpsc::Sender<Job>,
+    counters: PendingCounters,
     path: PathBuf,
 }
 
@@ -129,14 +134,38 @@ impl Db {
         let conn = open_connection(path)?;
         conn.execute_batch(SCHEMA)?;
         let (tx, rx) = mpsc::channel::<Job>();
+        let counters = PendingCounters::default();
+        let pending = counters.clone();
         thread::Builder::new()
             .name("bluehook-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx))
+            .spawn(move || writer_loop(conn, rx, pending))
             .map_err(|e| DbError::Sqlite(e.to_string()))?;
         Ok(Db {
             jobs: tx,
+            counters,
             path: path.to_owned(),
         })
+    }
+
+    /// Adds `by` to the counter `name`. The increment is committed by the next transaction the
+    /// writer commits: with the write of any job queued after this call, or before it. Called
+    /// from inside a job, it commits with that job.
+    pub fn count(&self, name: &str, by: u64) {
+        let first = {
+            let mut pending = self.counters.lock().unwrap();
+            let first = pending.is_empty();
+            match pending.get_mut(name) {
+                Some(v) => *v += by,
+                None => {
+                    pending.insert(name.to_owned(), by);
+                }
+            }
+            first
+        };
+        if first {
+            // Make sure a transaction comes even if no other write does.
+            let _ = self.jobs.send(Box::new(|_| None));
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -158,20 +187,6 @@ impl Db {
         });
         self.jobs.send(job).map_err(|_| DbError::Closed)?;
         rx.await.map_err(|_| DbError::Closed)?
-    }
-
-    /// Queues a write whose outcome nobody waits for (counters). It commits with the next group.
-    pub fn write_detached<F>(&self, f: F)
-    where
-        F: FnOnce(&Connection) -> rusqlite::Result<()> + Send + 'static,
-    {
-        let job: Job = Box::new(move |conn| {
-            if let Err(e) = in_savepoint(conn, f) {
-                tracing::warn!(error = %e, "background write failed");
-            }
-            None
-        });
-        let _ = self.jobs.send(job);
     }
 
     /// Runs `f` on a fresh read-only connection, off the async runtime. Reads see every
@@ -215,7 +230,23 @@ fn in_savepoint<T>(
     }
 }
 
-fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
+/// Writes the pending counter increments (inside the open transaction).
+fn write_counters(conn: &Connection, pending: &PendingCounters) -> rusqlite::Result<()> {
+    let taken = std::mem::take(&mut *pending.lock().unwrap());
+    if taken.is_empty() {
+        return Ok(());
+    }
+    let mut upsert = conn.prepare_cached(
+        "INSERT INTO counters(name, value) VALUES (?1, ?2)
+         ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+    )?;
+    for (name, by) in taken {
+        upsert.execute(rusqlite::params![name, by as i64])?;
+    }
+    Ok(())
+}
+
+fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>, counters: PendingCounters) {
     let mut replies: Vec<Reply> = Vec::with_capacity(MAX_GROUP);
     // Blocks for the first job of a group, then takes whatever else is already waiting.
     while let Ok(first) = rx.recv() {
@@ -233,6 +264,9 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
             if taken < MAX_GROUP {
                 next = rx.try_recv().ok();
             }
+        }
+        if let Err(e) = write_counters(&conn, &counters) {
+            tracing::warn!(error = %e, "counters not written");
         }
         let committed = conn
             .execute_batch("COMMIT")

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod fake;
+pub mod proxy;
 pub mod runtime;
 
 use std::io::{BufRead, BufReader};

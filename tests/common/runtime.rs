@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -23,6 +23,7 @@ struct State {
     queue: Mutex<VecDeque<(String, String)>>,
     waiting: Mutex<HashMap<String, oneshot::Sender<Outcome>>>,
     init_error: Mutex<Option<String>>,
+    first_poll: Mutex<Option<Instant>>,
     ready: Notify,
 }
 
@@ -57,6 +58,11 @@ async fn serve(
         .unwrap_or_default();
     let body = String::from_utf8_lossy(&body).into_owned();
     if path == "/2018-06-01/runtime/invocation/next" {
+        state
+            .first_poll
+            .lock()
+            .unwrap()
+            .get_or_insert_with(Instant::now);
         loop {
             let notified = state.ready.notified();
             if let Some((id, payload)) = state.queue.lock().unwrap().pop_front() {
@@ -149,6 +155,11 @@ impl RuntimeApi {
             .expect("an answer")
     }
 
+    /// When the function first asked for an invocation: the end of its initialisation.
+    pub fn first_poll(&self) -> Option<Instant> {
+        *self.state.first_poll.lock().unwrap()
+    }
+
     pub fn init_error(&self) -> Option<String> {
         self.state.init_error.lock().unwrap().clone()
     }
@@ -174,7 +185,13 @@ pub fn function_binary(name: &str) -> PathBuf {
 
 /// Starts a function binary against `api`, with the Lambda environment and `env`.
 pub fn start_function(name: &str, api: &RuntimeApi, env: &[(&str, String)]) -> Child {
-    let mut cmd = Command::new(function_binary(name));
+    start_binary(&function_binary(name), name, api, env)
+}
+
+/// Starts the executable at `path` as the function `name` against `api`, with the Lambda
+/// environment and `env` only (nothing inherited).
+pub fn start_binary(path: &Path, name: &str, api: &RuntimeApi, env: &[(&str, String)]) -> Child {
+    let mut cmd = Command::new(path);
     cmd.env_clear()
         .env("AWS_LAMBDA_RUNTIME_API", api.addr.to_string())
         .env("AWS_LAMBDA_FUNCTION_NAME", name)

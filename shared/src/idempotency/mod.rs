@@ -60,6 +60,33 @@ impl ClaimTimes {
 #[error("idempotency store: {0}")]
 pub struct StoreError(pub String);
 
+/// The outcome of [`AtomicAccept::accept`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Accepted {
+    /// Claimed, queued and completed together.
+    Queued,
+    /// The event was already accepted: answer `duplicate`.
+    Duplicate,
+    /// Another delivery holds the key (a claim of the three-step protocol).
+    InProgress { retry_after: Duration },
+}
+
+/// Claim, enqueue and complete as one atomic step, for a backend whose idempotency keys and
+/// queue share a transaction (the embedded database). Same claim condition as
+/// [`IdempotencyStore::claim`]; nothing is half done on any failure.
+#[async_trait]
+pub trait AtomicAccept: Send + Sync {
+    /// `on_queued` runs inside the step, before it commits (counters that must be durable no
+    /// later than the event).
+    async fn accept(
+        &self,
+        key: &str,
+        message: &crate::queue::OutgoingMessage,
+        times: ClaimTimes,
+        on_queued: Box<dyn FnOnce() + Send>,
+    ) -> Result<Accepted, StoreError>;
+}
+
 #[async_trait]
 pub trait IdempotencyStore: Send + Sync {
     /// Atomically takes `key` if it is free (see module docs).

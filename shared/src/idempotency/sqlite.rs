@@ -7,6 +7,71 @@ use rusqlite::{params, OptionalExtension};
 use super::{retry_after, Claim, ClaimTimes, ClaimToken, IdempotencyStore, StoreError};
 use crate::sqlite::Db;
 
+/// Who held a key when a claim was tried.
+pub(crate) enum Held {
+    /// Nobody (absent, expired, or a lapsed lease): the claim took it.
+    Nobody,
+    InProgress {
+        lease_until_ms: i64,
+    },
+    Completed,
+}
+
+/// The claim as one statement inside the caller's transaction: an upsert whose conflict branch
+/// fires only when the claim condition holds. `state` is what a successful claim writes:
+/// `in_progress` (three-step protocol) or `completed` (claim and complete in one step).
+pub(crate) fn claim_in(
+    c: &rusqlite::Connection,
+    key: &str,
+    token: &str,
+    event_id: &str,
+    state: &str,
+    t: ClaimTimes,
+) -> rusqlite::Result<Held> {
+    let acquired = c
+        .prepare_cached(
+            "INSERT INTO idempotency(key, state, token, event_id, lease_until_ms, expires_at)
+             VALUES (?1, ?8, ?2, ?3, ?4, ?5)
+             ON CONFLICT(key) DO UPDATE SET
+                state = excluded.state, token = excluded.token,
+                event_id = excluded.event_id,
+                lease_until_ms = excluded.lease_until_ms,
+                expires_at = excluded.expires_at
+             WHERE idempotency.expires_at <= ?6
+                OR (idempotency.state = 'in_progress' AND idempotency.lease_until_ms <= ?7)
+             RETURNING 1",
+        )?
+        .query_row(
+            params![
+                key,
+                token,
+                event_id,
+                t.lease_until_ms(),
+                t.expires_at_secs(),
+                t.now_secs(),
+                t.now_ms,
+                state
+            ],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some();
+    if acquired {
+        return Ok(Held::Nobody);
+    }
+    // Same transaction: the row that defeated the condition.
+    let held: Option<(String, i64)> = c
+        .prepare_cached("SELECT state, lease_until_ms FROM idempotency WHERE key = ?1")?
+        .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    Ok(match held {
+        Some((state, lease_until_ms)) if state == "in_progress" => {
+            Held::InProgress { lease_until_ms }
+        }
+        _ => Held::Completed,
+    })
+}
+
 #[derive(Clone)]
 pub struct SqliteIdempotency {
     db: Db,
@@ -49,50 +114,18 @@ impl IdempotencyStore for SqliteIdempotency {
         let event_id = event_id.to_owned();
         let token = ClaimToken::random();
         let tok = token.0.clone();
-        let (acquired, lease_until) = self
+        let held = self
             .db
-            .write(move |c| {
-                // The conflict branch only fires when the claim condition holds; otherwise the
-                // statement changes nothing and RETURNING yields no row.
-                let acquired = c
-                    .query_row(
-                        "INSERT INTO idempotency(key, state, token, event_id, lease_until_ms, expires_at)
-                         VALUES (?1, 'in_progress', ?2, ?3, ?4, ?5)
-                         ON CONFLICT(key) DO UPDATE SET
-                            state = 'in_progress', token = excluded.token,
-                            event_id = excluded.event_id,
-                            lease_until_ms = excluded.lease_until_ms,
-                            expires_at = excluded.expires_at
-                         WHERE idempotency.expires_at <= ?6
-                            OR (idempotency.state = 'in_progress' AND idempotency.lease_until_ms <= ?7)
-                         RETURNING 1",
-                        params![key, tok, event_id, t.lease_until_ms(), t.expires_at_secs(), t.now_secs(), t.now_ms],
-                        |_| Ok(()),
-                    )
-                    .optional()?
-                    .is_some();
-                if acquired {
-                    return Ok((true, None));
-                }
-                // Same transaction: the row that defeated the condition.
-                let held: Option<(String, i64)> = c
-                    .query_row(
-                        "SELECT state, lease_until_ms FROM idempotency WHERE key = ?1",
-                        [&key],
-                        |r| Ok((r.get(0)?, r.get(1)?)),
-                    )
-                    .optional()?;
-                Ok((false, held))
-            })
+            .write(move |c| claim_in(c, &key, &tok, &event_id, "in_progress", t))
             .await
             .map_err(|e| StoreError(e.to_string()))?;
-        match (acquired, lease_until) {
-            (true, _) => Ok(Claim::Acquired(token)),
-            (false, Some((state, lease))) if state == "in_progress" => Ok(Claim::InProgress {
-                retry_after: retry_after(lease, t.now_ms),
-            }),
-            (false, _) => Ok(Claim::Completed),
-        }
+        Ok(match held {
+            Held::Nobody => Claim::Acquired(token),
+            Held::InProgress { lease_until_ms } => Claim::InProgress {
+                retry_after: retry_after(lease_until_ms, t.now_ms),
+            },
+            Held::Completed => Claim::Completed,
+        })
     }
 
     async fn complete_with_result(

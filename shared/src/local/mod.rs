@@ -147,13 +147,16 @@ pub async fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
             "re-queued messages in flight at the last stop"
         );
     }
-    let ingress = Arc::new(Ingress::new(
-        sources,
-        Arc::new(idempotency.clone()),
-        Arc::new(queue.clone()),
-        metrics.clone(),
-        config.ingress.clone(),
-    ));
+    let ingress = Arc::new(
+        Ingress::new(
+            sources,
+            Arc::new(idempotency.clone()),
+            Arc::new(queue.clone()),
+            metrics.clone(),
+            config.ingress.clone(),
+        )
+        .with_atomic_accept(Arc::new(queue.clone())),
+    );
     let log = event_log::EventLog::open(&opts.data_dir)?;
     let log_path = log.path().to_owned();
 

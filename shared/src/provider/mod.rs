@@ -147,6 +147,40 @@ pub const PROVIDERS: &[&str] = &[
     "github-style",
 ];
 
+/// Deepest nesting of JSON arrays and objects a webhook body may have. Provider payloads nest a
+/// few levels; anything deeper is refused before parsing, so no consumer of the stored raw
+/// body meets a document its parser would reject (serde_json stops at 128).
+pub const MAX_JSON_DEPTH: usize = 64;
+
+/// Whether a JSON-looking body nests arrays and objects deeper than `max` (strings and their
+/// escapes are skipped; a body that is not JSON is left to the parser).
+pub fn json_nesting_exceeds(body: &[u8], max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in body {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 /// Every `(provider, events)` that `bluehook send` has samples for.
 pub const SAMPLES: &[(&str, &[&str])] = &[
     (sendblue::NAME, sendblue::SAMPLE_EVENTS),
@@ -320,6 +354,18 @@ pub fn sample_names() -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_nesting_is_measured_outside_strings() {
+        assert!(!json_nesting_exceeds(br#"{"a":[{"b":1}]}"#, 3));
+        assert!(json_nesting_exceeds(br#"{"a":[{"b":[1]}]}"#, 3));
+        assert!(!json_nesting_exceeds(br#"{"a":"[[[[[[\"[[["}"#, 1));
+        assert!(json_nesting_exceeds(
+            "[".repeat(100_000).as_bytes(),
+            MAX_JSON_DEPTH
+        ));
+        assert!(!json_nesting_exceeds(b"Body=%5B%5B%5B", 1));
+    }
 
     #[test]
     fn constant_time_match_checks_every_secret() {
