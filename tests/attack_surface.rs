@@ -107,7 +107,15 @@ fn error_code(answer: &str) -> Option<String> {
 fn hostile_requests_get_a_clear_4xx_and_nothing_is_queued() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("bluehook.toml"), CONFIG).unwrap();
-    let dev = DevProcess::start(dir.path(), &["--config", "bluehook.toml"]);
+    // Everything at trace level into a file: secrets must not be in it.
+    let log_file = dir.path().join("dev.log");
+    let dev = DevProcess::start_logging(
+        dir.path(),
+        &["--config", "bluehook.toml"],
+        "trace",
+        Some(&log_file),
+    );
+    let mut answers = String::new();
     let port: u16 = dev.base_url.rsplit(':').next().unwrap().parse().unwrap();
     let quick = Duration::from_secs(5);
 
@@ -276,6 +284,7 @@ fn hostile_requests_get_a_clear_4xx_and_nothing_is_queued() {
 
     for (name, bytes, status, code) in &cases {
         let (got, text) = raw(port, &[bytes], Duration::ZERO, quick);
+        answers.push_str(&text);
         assert_eq!(
             got,
             Some(*status),
@@ -323,4 +332,32 @@ fn hostile_requests_get_a_clear_4xx_and_nothing_is_queued() {
     let log = std::fs::read_to_string(dir.path().join("events.ndjson")).unwrap();
     assert_eq!(log.lines().count(), 1, "nothing hostile reached the queue");
     assert_eq!(s["auth_failures"]["timestamp_out_of_tolerance"], 1, "{s}");
+
+    // No secret in any log line, any answer, or the stats (both forms).
+    let human = std::process::Command::new(env!("CARGO_BIN_EXE_bluehook"))
+        .args(["stats", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let log = std::fs::read_to_string(&log_file).unwrap();
+    assert!(
+        log.contains("webhook refused"),
+        "the log was written: {log}"
+    );
+    let sw_key = SW_SECRET.trim_start_matches("whsec_");
+    for secret in [
+        SENDBLUE_SECRET,
+        "attack-other-secret-9876543210",
+        SW_SECRET,
+        sw_key,
+    ] {
+        for (what, text) in [
+            ("the log", log.as_str()),
+            ("an answer", answers.as_str()),
+            ("stats --json", &s.to_string()),
+            ("stats", &String::from_utf8_lossy(&human.stdout)),
+        ] {
+            assert!(!text.contains(secret), "a secret is in {what}");
+        }
+    }
 }

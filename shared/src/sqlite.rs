@@ -108,6 +108,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     payload TEXT NOT NULL,
     created_at_ms INTEGER NOT NULL
 );
+CREATE INDEX IF NOT EXISTS outbox_key ON outbox(sink, key);
 
 CREATE TABLE IF NOT EXISTS counters (
     name TEXT PRIMARY KEY,

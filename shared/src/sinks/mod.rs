@@ -163,7 +163,8 @@ impl Effects {
     }
 }
 
-/// Local record of what a sink without an outbound adapter would have sent.
+/// Local record of what a sink without an outbound adapter would have sent; one row per effect
+/// key and sink.
 #[derive(Clone)]
 pub struct Outbox {
     db: Db,
@@ -183,10 +184,19 @@ impl Outbox {
         let (sink, key, payload) = (sink.to_owned(), key.to_owned(), payload.to_string());
         self.db
             .write(move |c| {
-                c.execute(
-                    "INSERT INTO outbox(sink, key, payload, created_at_ms) VALUES (?1, ?2, ?3, ?4)",
-                    rusqlite::params![sink, key, payload, crate::sqlite::now_ms()],
-                )
+                // Like a receiver that drops a webhook id it has seen: a push repeated after a
+                // crash between recording and completing its effect key is recorded once.
+                c.prepare_cached(
+                    "INSERT INTO outbox(sink, key, payload, created_at_ms)
+                     SELECT ?1, ?2, ?3, ?4
+                     WHERE NOT EXISTS (SELECT 1 FROM outbox WHERE sink = ?1 AND key = ?2)",
+                )?
+                .execute(rusqlite::params![
+                    sink,
+                    key,
+                    payload,
+                    crate::sqlite::now_ms()
+                ])
                 .map(|_| ())
             })
             .await
