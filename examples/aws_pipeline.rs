@@ -30,7 +30,9 @@ use aws_sdk_dynamodb::types::{
 use runtime::{start_binary, RuntimeApi};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+/// The template's BatchSize: 10 for router, crm-sync and sms-fallback, 100 for analytics.
 const BATCH: usize = 10;
+const ANALYTICS_BATCH: usize = 100;
 
 /// AWS list prices, us-east-1, USD (public price pages, 2025).
 mod price {
@@ -203,8 +205,12 @@ fn median_p99(mut v: Vec<f64>) -> (f64, f64) {
     (at(0.5), at(0.99))
 }
 
-/// Everything on a queue, as SQS event batches of up to ten.
-async fn batches(sqs: &aws_sdk_sqs::Client, url: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+/// Everything on a queue, as SQS event batches of up to `batch` (the template's BatchSize).
+async fn batches(
+    sqs: &aws_sdk_sqs::Client,
+    url: &str,
+    batch: usize,
+) -> anyhow::Result<Vec<serde_json::Value>> {
     let mut records = Vec::new();
     loop {
         let out = sqs
@@ -238,7 +244,7 @@ async fn batches(sqs: &aws_sdk_sqs::Client, url: &str) -> anyhow::Result<Vec<ser
         }
     }
     Ok(records
-        .chunks(BATCH)
+        .chunks(batch)
         .map(|c| serde_json::json!({ "Records": c }))
         .collect())
 }
@@ -361,7 +367,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .await?,
     );
-    let events = batches(&sqs, &queues["events"]).await?;
+    let events = batches(&sqs, &queues["events"], BATCH).await?;
     stages.push(
         run_stage(
             "router",
@@ -380,16 +386,17 @@ async fn main() -> anyhow::Result<()> {
         ("BLUEHOOK_STATE_TABLE", state.clone()),
         ("BLUEHOOK_IDEMPOTENCY_TABLE", idem.clone()),
     ];
-    for (name, queue, extra) in [
-        ("crm-sync", "crm", sink_env.clone()),
-        ("sms-fallback", "sms", sink_env.clone()),
+    for (name, queue, batch, extra) in [
+        ("crm-sync", "crm", BATCH, sink_env.clone()),
+        ("sms-fallback", "sms", BATCH, sink_env.clone()),
         (
             "analytics",
             "analytics",
+            ANALYTICS_BATCH,
             vec![("BLUEHOOK_ANALYTICS_BUCKET", bucket.clone())],
         ),
     ] {
-        let batches = batches(&sqs, &queues[queue]).await?;
+        let batches = batches(&sqs, &queues[queue], batch).await?;
         stages.push(run_stage(name, &bin(name), &env(extra), &proxy, &batches).await?);
     }
     anyhow::ensure!(
@@ -408,7 +415,7 @@ async fn main() -> anyhow::Result<()> {
 fn report(args: &Args, stages: &[Stage], crm_pushes: usize, sms_sent: usize) {
     let n = args.events as f64;
     println!(
-        "{} unique webhooks; batches of {BATCH} for the SQS-triggered functions; moto behind a counting proxy; {crm_pushes} CRM pushes, {sms_sent} SMS sent",
+        "{} unique webhooks; SQS batches of {BATCH} ({ANALYTICS_BATCH} for analytics) as the template sets them; moto behind a counting proxy; {crm_pushes} CRM pushes, {sms_sent} SMS sent",
         args.events
     );
     println!();
@@ -482,8 +489,9 @@ fn report(args: &Args, stages: &[Stage], crm_pushes: usize, sms_sent: usize) {
         ("DynamoDB read units", ddb_reads, price::DDB_READ_PER_M),
         ("S3 PUTs", s3_puts, price::S3_PUT_PER_M),
         (
-            "CloudWatch Logs (platform lines)",
-            lambda_requests * PLATFORM_LOG_BYTES / 1e9,
+            "CloudWatch Logs, platform lines (KB)",
+            lambda_requests * PLATFORM_LOG_BYTES / 1e3,
+            // A KB per webhook is 10^9 bytes per million webhooks: a GB.
             price::LOGS_PER_GB,
         ),
     ];

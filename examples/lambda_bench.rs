@@ -4,8 +4,8 @@
 //! - init: process start → first `GET /runtime/invocation/next`, with the configuration parsed
 //!   and every AWS SDK client built (configuration inline in `BLUEHOOK_CONFIG`, so no network
 //!   call; on AWS the template's SSM parameter adds one GetParameter round trip).
-//! - warm: the event handed out on `/next` → its `/response` posted, i.e. the runtime loop plus
-//!   the handler. The AWS calls go to a local stand-in that answers at once, so the figure is the
+//! - warm: the event handed out on `/next` → its `/response` arriving at the runtime API (what
+//!   Lambda bills), i.e. the runtime loop plus the handler. The AWS calls go to a local stand-in that answers at once, so the figure is the
 //!   function's own overhead plus two loopback HTTP round trips; a Blue Replies ping and a
 //!   badly signed webhook (no AWS call at all) show the overhead alone.
 //! - peak RSS: `VmHWM` of the function process after the warm runs.
@@ -296,19 +296,20 @@ async fn main() -> anyhow::Result<()> {
             // The warm workloads run in the last started process.
             if start + 1 == args.starts {
                 for (label, events) in &f.warm {
-                    let mut times = Vec::with_capacity(args.invocations);
                     for i in 0..args.invocations + 50 {
+                        if i == 50 {
+                            api.take_durations(); // the first 50 warm the connections up
+                        }
                         let event = &events[i % events.len()];
-                        let t = Instant::now();
-                        let outcome = api.invoke(event).await;
-                        let elapsed = t.elapsed().as_secs_f64() * 1e3;
-                        if let Err(e) = outcome {
+                        if let Err(e) = api.invoke(event).await {
                             anyhow::bail!("{} {label}: invocation failed: {e}", f.name);
                         }
-                        if i >= 50 {
-                            times.push(elapsed); // the first 50 warm the connections up
-                        }
                     }
+                    let times = api
+                        .take_durations()
+                        .iter()
+                        .map(|d| d.as_secs_f64() * 1e3)
+                        .collect();
                     warm_rows.push((f.name, *label, summary(times)));
                 }
                 peak = peak_rss_kib(child.id()).unwrap_or(0);

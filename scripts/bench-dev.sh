@@ -3,6 +3,8 @@
 # Starts a release build on a fresh data folder, runs the load generator at the maximum and at
 # fixed rates, then checks that every accepted event reached the event log exactly once.
 #   scripts/bench-dev.sh [seconds per run, default 10] [connections, default 64]
+# With SINKS=off it serves a config with the sendblue source only (ingress, router and event
+# log, no sinks): the ingress path alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-10}"
@@ -13,14 +15,19 @@ bin=target/release/bluehook
 loadgen=target/release/examples/loadgen
 data="$(mktemp -d)"
 port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-BLUEHOOK_LOG=warn "$bin" dev --listen "127.0.0.1:$port" --data-dir "$data" >"$data/dev.out" 2>"$data/dev.err" &
+config=()
+if [ "${SINKS:-on}" = off ]; then
+  printf '[sources.sendblue]\nprovider = "sendblue"\nsecrets = ["bench-secret-0123456789"]\n' >"$data/bluehook.toml"
+  config=(--config "$data/bluehook.toml")
+fi
+BLUEHOOK_LOG=warn "$bin" dev --listen "127.0.0.1:$port" --data-dir "$data" "${config[@]}" >"$data/dev.out" 2>"$data/dev.err" &
 dev_pid=$!
 trap 'kill "$dev_pid" 2>/dev/null || true; rm -rf "$data"' EXIT
 for _ in $(seq 100); do grep -q "listening" "$data/dev.out" 2>/dev/null && break; sleep 0.1; done
 url="http://127.0.0.1:$port/webhooks/sendblue/outbound"
-secret="$(cat "$data/dev-secret")"
+if [ "${SINKS:-on}" = off ]; then secret=bench-secret-0123456789; else secret="$(cat "$data/dev-secret")"; fi
 
-echo "machine: $(nproc) cores, $(uname -m); run: ${secs}s each, ${conns} connections"
+echo "machine: $(nproc) cores, $(uname -m); run: ${secs}s each, ${conns} connections; sinks ${SINKS:-on}"
 accepted=0
 # Fixed rates first: the maximum leaves a backlog for the sinks that would slow what follows.
 for rate in 500 2000 max; do

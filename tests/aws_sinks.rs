@@ -291,3 +291,67 @@ async fn a_rejected_sms_is_retried_and_sent_once() {
     assert_eq!(item["state"].as_s().unwrap(), "completed");
     assert!(item["result"].as_s().unwrap().starts_with("SM"));
 }
+
+/// Twilio's answer to a send is cut in the middle (the SMS may have gone out): the fallback must
+/// not send it again. The record fails (it goes to the DLQ for a person), and redeliveries do
+/// not call Twilio a second time.
+#[tokio::test]
+async fn an_sms_whose_answer_was_cut_is_never_sent_twice() {
+    use common::proxy::{Fault, Proxy};
+    let t = tables().await;
+    let twilio = FakeHttp::start(twilio_ok).await;
+    let proxy = Proxy::start(&twilio.url, false).await;
+    proxy.inject("POST", Fault::Cut, Some(1));
+    let sms = sms_fallback(&t, &proxy.url).await;
+    let failed = [event(
+        "h30",
+        MessageStatus::Failed,
+        "ERROR",
+        Some("call me"),
+    )];
+    for _ in 0..3 {
+        assert_eq!(
+            handle_sqs_event(&sms, sqs_event(&failed))
+                .await
+                .batch_item_failures
+                .len(),
+            1,
+            "an unknown outcome stays failed, for the dead-letter queue"
+        );
+    }
+    assert_eq!(
+        twilio.requests().len(),
+        1,
+        "Twilio was called once, never again"
+    );
+    assert_eq!(proxy.faults(), 1);
+}
+
+/// The CRM endpoint is unreachable (connections refused by the proxy), then back: the push is
+/// retried and made once.
+#[tokio::test]
+async fn a_crm_behind_refused_connections_gets_the_push_once_it_is_reachable() {
+    use common::proxy::{Fault, Proxy};
+    let t = tables().await;
+    let crm = FakeHttp::start(|_, _| (200, "{}".into())).await;
+    let proxy = Proxy::start(&crm.url, false).await;
+    proxy.inject("POST", Fault::Refuse, Some(2));
+    let sync = crm_sync(&t, &proxy.url).await;
+    let sent = [event("h31", MessageStatus::Sent, "SENT", Some("hello"))];
+    for _ in 0..2 {
+        assert_eq!(
+            handle_sqs_event(&sync, sqs_event(&sent))
+                .await
+                .batch_item_failures
+                .len(),
+            1
+        );
+    }
+    for _ in 0..2 {
+        assert!(handle_sqs_event(&sync, sqs_event(&sent))
+            .await
+            .batch_item_failures
+            .is_empty());
+    }
+    assert_eq!(crm.requests().len(), 1, "pushed once, after the refusals");
+}

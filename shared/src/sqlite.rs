@@ -18,6 +18,9 @@ use tokio::sync::oneshot;
 /// Most writes one transaction takes before it commits.
 const MAX_GROUP: usize = 1024;
 
+/// How long counters wait for a write to ride along with before they commit on their own.
+const COUNTERS_IDLE_FLUSH: std::time::Duration = std::time::Duration::from_millis(500);
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum DbError {
     #[error("sqlite: {0}")]
@@ -149,23 +152,15 @@ impl Db {
     }
 
     /// Adds `by` to the counter `name`. The increment is committed by the next transaction the
-    /// writer commits: with the write of any job queued after this call, or before it. Called
-    /// from inside a job, it commits with that job.
+    /// writer commits: with the write of any job queued after this call (called from inside a
+    /// job, with that job), or within half a second when no write comes.
     pub fn count(&self, name: &str, by: u64) {
-        let first = {
-            let mut pending = self.counters.lock().unwrap();
-            let first = pending.is_empty();
-            match pending.get_mut(name) {
-                Some(v) => *v += by,
-                None => {
-                    pending.insert(name.to_owned(), by);
-                }
+        let mut pending = self.counters.lock().unwrap();
+        match pending.get_mut(name) {
+            Some(v) => *v += by,
+            None => {
+                pending.insert(name.to_owned(), by);
             }
-            first
-        };
-        if first {
-            // Make sure a transaction comes even if no other write does.
-            let _ = self.jobs.send(Box::new(|_| None));
         }
     }
 
@@ -249,8 +244,26 @@ fn write_counters(conn: &Connection, pending: &PendingCounters) -> rusqlite::Res
 
 fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>, counters: PendingCounters) {
     let mut replies: Vec<Reply> = Vec::with_capacity(MAX_GROUP);
-    // Blocks for the first job of a group, then takes whatever else is already waiting.
-    while let Ok(first) = rx.recv() {
+    // Blocks for the first job of a group, then takes whatever else is already waiting. With no
+    // job for a while, counters still pending are committed on their own.
+    loop {
+        let first = match rx.recv_timeout(COUNTERS_IDLE_FLUSH) {
+            Ok(job) => job,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if !counters.lock().unwrap().is_empty() {
+                    let flushed = conn
+                        .execute_batch("BEGIN IMMEDIATE")
+                        .and_then(|_| write_counters(&conn, &counters))
+                        .and_then(|_| conn.execute_batch("COMMIT"));
+                    if let Err(e) = flushed {
+                        tracing::warn!(error = %e, "counters not written");
+                        let _ = conn.execute_batch("ROLLBACK");
+                    }
+                }
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
         if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
             tracing::error!(error = %e, "cannot begin a transaction");
             // The job cannot run: answer it with the error by running nothing.

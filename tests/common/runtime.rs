@@ -24,6 +24,10 @@ struct State {
     waiting: Mutex<HashMap<String, oneshot::Sender<Outcome>>>,
     init_error: Mutex<Option<String>>,
     first_poll: Mutex<Option<Instant>>,
+    /// When each invocation was handed out, and how long each took until its answer came in
+    /// (what Lambda bills as the duration).
+    handed_out: Mutex<HashMap<String, Instant>>,
+    durations: Mutex<Vec<Duration>>,
     ready: Notify,
 }
 
@@ -49,6 +53,7 @@ async fn serve(
     state: Arc<State>,
     req: hyper::Request<hyper::body::Incoming>,
 ) -> hyper::Response<Full<Bytes>> {
+    let arrived = Instant::now();
     let path = req.uri().path().to_owned();
     let body = req
         .into_body()
@@ -67,6 +72,11 @@ async fn serve(
             let notified = state.ready.notified();
             if let Some((id, payload)) = state.queue.lock().unwrap().pop_front() {
                 let deadline = chrono::Utc::now().timestamp_millis() + 30_000;
+                state
+                    .handed_out
+                    .lock()
+                    .unwrap()
+                    .insert(id.clone(), Instant::now());
                 return response(
                     200,
                     payload,
@@ -94,6 +104,9 @@ async fn serve(
     }
     if let Some(rest) = path.strip_prefix("/2018-06-01/runtime/invocation/") {
         let (id, kind) = rest.split_once('/').unwrap_or((rest, ""));
+        if let Some(out) = state.handed_out.lock().unwrap().remove(id) {
+            state.durations.lock().unwrap().push(arrived - out);
+        }
         let outcome = match kind {
             "response" => {
                 Ok(serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)))
@@ -153,6 +166,12 @@ impl RuntimeApi {
             .await
             .expect("the function answered within 30 s")
             .expect("an answer")
+    }
+
+    /// Each finished invocation's duration, from the event handed out on `/next` to its answer
+    /// arriving, in order; taken (the list starts again empty).
+    pub fn take_durations(&self) -> Vec<Duration> {
+        std::mem::take(&mut *self.state.durations.lock().unwrap())
     }
 
     /// When the function first asked for an invocation: the end of its initialisation.

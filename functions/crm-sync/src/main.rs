@@ -6,7 +6,9 @@ use aws_lambda_events::sqs::SqsEvent;
 use bluehook::processing::handle_sqs_event;
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 
-#[tokio::main]
+// One thread: a function instance handles one invocation at a time, and on 128 MB it has a
+// fraction of a vCPU; a single-threaded runtime saves the cross-thread wake-ups per request.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     bluehook::telemetry::init_json();
     let sink = Arc::new(match bluehook::lambda::crm_sync_from_env().await {

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use bluehook::lambda::{ingress_request, lambda_response};
 use lambda_http::{run, service_fn, Error, Request};
 
-#[tokio::main]
+// One thread: a function instance handles one invocation at a time, and on 128 MB it has a
+// fraction of a vCPU; a single-threaded runtime saves the cross-thread wake-ups per request.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     bluehook::telemetry::init_json();
     // Clients and configuration are built once per process, before the first invocation.

@@ -33,7 +33,10 @@ impl SinkError {
     /// From an HTTP client error: a request that never left (connect) certainly did nothing; a
     /// timeout after sending may have done it.
     pub fn from_reqwest(e: reqwest::Error) -> SinkError {
-        let definite = e.is_connect() || e.is_builder() || e.is_request() && !e.is_timeout();
+        // Only an error before anything was written (no connection, a request that could not be
+        // built) proves the effect did not happen. A connection that closed before the answer
+        // came, or a timeout, may follow a request the other side received and acted on.
+        let definite = e.is_connect() || e.is_builder();
         SinkError {
             message: format!("{e}"),
             definite,
