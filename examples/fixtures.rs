@@ -6,7 +6,9 @@
 //! through the lambda_http adapter and the ingress (in memory), and the SQS body is exactly what
 //! the ingress queued.
 //!
-//!     cargo run --example fixtures            # rewrites tests/fixtures/{apigw,sqs}
+//! ```text
+//! cargo run --example fixtures            # rewrites tests/fixtures/{apigw,sqs}
+//! ```
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

@@ -5,13 +5,15 @@
 //!   and every AWS SDK client built (configuration inline in `BLUEHOOK_CONFIG`, so no network
 //!   call; on AWS the template's SSM parameter adds one GetParameter round trip).
 //! - warm: the event handed out on `/next` → its `/response` arriving at the runtime API (what
-//!   Lambda bills), i.e. the runtime loop plus the handler. The AWS calls go to a local stand-in that answers at once, so the figure is the
-//!   function's own overhead plus two loopback HTTP round trips; a Blue Replies ping and a
-//!   badly signed webhook (no AWS call at all) show the overhead alone.
+//!   Lambda bills), i.e. the runtime loop plus the handler. The AWS calls go to a local
+//!   stand-in that answers at once; a Blue Replies ping and a badly signed webhook (no AWS call
+//!   at all) show the overhead alone.
 //! - peak RSS: `VmHWM` of the function process after the warm runs.
 //!
-//!     scripts/bench-lambda.sh             # builds the bootstraps, runs this
-//!     cargo run --release --example lambda_bench -- --bootstraps target/lambda --starts 20 --invocations 2000
+//! ```text
+//! scripts/bench-lambda.sh             # builds the bootstraps, runs this
+//! cargo run --release --example lambda_bench -- --bootstraps target/lambda --starts 20 --invocations 2000
+//! ```
 
 #[allow(dead_code)]
 #[path = "../tests/common/runtime.rs"]
@@ -31,6 +33,16 @@ use hyper_util::rt::TokioIo;
 use runtime::{start_binary, RuntimeApi};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+/// A function process, killed and reaped however its run ends.
+struct Reap(std::process::Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 
 struct Args {
     bootstraps: PathBuf,
@@ -277,7 +289,7 @@ async fn main() -> anyhow::Result<()> {
         for start in 0..args.starts {
             let api = RuntimeApi::start().await;
             let t0 = Instant::now();
-            let mut child = start_binary(&bootstrap, f.name, &api, &f.env);
+            let child = Reap(start_binary(&bootstrap, f.name, &api, &f.env));
             let first = loop {
                 if let Some(t) = api.first_poll() {
                     break t;
@@ -312,10 +324,9 @@ async fn main() -> anyhow::Result<()> {
                         .collect();
                     warm_rows.push((f.name, *label, summary(times)));
                 }
-                peak = peak_rss_kib(child.id()).unwrap_or(0);
+                peak = peak_rss_kib(child.0.id()).unwrap_or(0);
             }
-            let _ = child.kill();
-            let _ = child.wait();
+            drop(child);
         }
         let (p50, p99, max) = summary(inits);
         println!(

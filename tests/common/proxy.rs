@@ -110,9 +110,7 @@ impl Proxy {
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                         let (st, upstream, client) = (st.clone(), upstream.clone(), client.clone());
-                        async move {
-                            Ok::<_, std::io::Error>(forward(st, &upstream, &client, s3, req).await?)
-                        }
+                        async move { forward(st, &upstream, &client, s3, req).await }
                     });
                     let _ = http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
