@@ -52,8 +52,9 @@ PY
 echo "==> moto on 127.0.0.1:$port"
 
 export BLUEHOOK_TEST_AWS_ENDPOINT="http://127.0.0.1:$port"
-# The Lambda functions' binaries, run by tests/lambda_runtime.rs through a runtime API server.
-cargo build --workspace --bins --quiet
+# The Lambda functions' binaries (run by tests/lambda_runtime.rs through a runtime API server)
+# and the load generator (run by tests/load.rs).
+cargo build --workspace --bins --example loadgen --quiet
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --all-targets --no-fail-fast "$@"
 else

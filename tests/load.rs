@@ -12,7 +12,7 @@ use std::process::Command;
 use bluehook::local::event_log;
 use common::{stats, DevProcess};
 
-/// The load generator example, built with the tests (`--all-targets`).
+/// The load generator example (scripts/test.sh builds it).
 fn loadgen() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let target = exe
@@ -24,7 +24,7 @@ fn loadgen() -> PathBuf {
     let path = target.join("examples").join("loadgen");
     assert!(
         path.exists(),
-        "{} is not built: run the tests with --all-targets (scripts/test.sh does)",
+        "{} is not built: `cargo build --example loadgen` (scripts/test.sh does)",
         path.display()
     );
     path
