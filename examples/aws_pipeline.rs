@@ -27,19 +27,9 @@ use std::time::{Duration, Instant};
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
 };
-use runtime::{start_binary, RuntimeApi};
+use runtime::{start_binary, Kill, RuntimeApi};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-
-/// A function process, killed and reaped however its run ends.
-struct Reap(std::process::Child);
-
-impl Drop for Reap {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// The template's BatchSize: 10 for router, crm-sync and sms-fallback, 100 for analytics.
 const BATCH: usize = 10;
@@ -268,7 +258,7 @@ async fn run_stage(
     invocations: &[serde_json::Value],
 ) -> anyhow::Result<Stage> {
     let api = RuntimeApi::start().await;
-    let child = Reap(start_binary(bootstrap, name, &api, env));
+    let child = Kill(vec![start_binary(bootstrap, name, &api, env)]);
     while api.first_poll().is_none() {
         if let Some(e) = api.init_error() {
             anyhow::bail!("{name}: {e}");
@@ -276,7 +266,7 @@ async fn run_stage(
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     proxy.reset_counts();
-    let cpu0 = cpu_secs(child.0.id());
+    let cpu0 = cpu_secs(child.0[0].id());
     let t0 = Instant::now();
     let mut durations_ms = Vec::with_capacity(invocations.len());
     let mut events = 0;
@@ -298,7 +288,7 @@ async fn run_stage(
         }
     }
     let wall_secs = t0.elapsed().as_secs_f64();
-    let cpu = cpu_secs(child.0.id()) - cpu0;
+    let cpu = cpu_secs(child.0[0].id()) - cpu0;
     drop(child);
     Ok(Stage {
         name,

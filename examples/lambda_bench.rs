@@ -30,19 +30,9 @@ use http_body_util::{BodyExt, Full};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use runtime::{start_binary, RuntimeApi};
+use runtime::{start_binary, Kill, RuntimeApi};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-
-/// A function process, killed and reaped however its run ends.
-struct Reap(std::process::Child);
-
-impl Drop for Reap {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 struct Args {
     bootstraps: PathBuf,
@@ -289,7 +279,7 @@ async fn main() -> anyhow::Result<()> {
         for start in 0..args.starts {
             let api = RuntimeApi::start().await;
             let t0 = Instant::now();
-            let child = Reap(start_binary(&bootstrap, f.name, &api, &f.env));
+            let child = Kill(vec![start_binary(&bootstrap, f.name, &api, &f.env)]);
             let first = loop {
                 if let Some(t) = api.first_poll() {
                     break t;
@@ -324,7 +314,7 @@ async fn main() -> anyhow::Result<()> {
                         .collect();
                     warm_rows.push((f.name, *label, summary(times)));
                 }
-                peak = peak_rss_kib(child.0.id()).unwrap_or(0);
+                peak = peak_rss_kib(child.0[0].id()).unwrap_or(0);
             }
             drop(child);
         }

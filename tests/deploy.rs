@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use common::fake::{twilio_ok, FakeHttp};
-use common::runtime::{start_binary, RuntimeApi};
+use common::runtime::{start_binary, Kill, RuntimeApi};
 use serde_yaml::Value;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -351,17 +351,6 @@ fn resolved_env(f: &Function, d: &Deployed) -> Vec<(String, String)> {
             (k.clone(), value)
         })
         .collect()
-}
-
-struct Kill(Vec<std::process::Child>);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 /// Runs `f`'s bootstrap against a fresh runtime API with the template's environment.

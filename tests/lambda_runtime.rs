@@ -7,24 +7,11 @@
 
 mod common;
 
-use std::process::Child;
-
 use common::fake::{twilio_ok, FakeHttp};
-use common::runtime::{start_function, RuntimeApi};
+use common::runtime::{start_function, Kill, RuntimeApi};
 
 const OUTBOUND: &str = include_str!("../shared/testdata/sendblue/outbound.json");
 const SECRET: &str = "sb-lambda-secret";
-
-struct Kill(Vec<Child>);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 fn http_api_event(path: &str, body: &str, secret: &str) -> serde_json::Value {
     serde_json::json!({

@@ -229,3 +229,15 @@ pub fn start_binary(path: &Path, name: &str, api: &RuntimeApi, env: &[(&str, Str
     }
     cmd.spawn().expect("start the function")
 }
+
+/// Function processes, killed and reaped when dropped, however a test or a run ends.
+pub struct Kill(pub Vec<Child>);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
