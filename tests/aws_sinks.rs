@@ -16,7 +16,12 @@ use bluehook::sinks::sms::{SmsFallback, SmsSender};
 use bluehook::state::dynamodb::DynamoState;
 use common::fake::{twilio_ok, FakeHttp};
 
-const CRM_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const CRM_SECRET: &str = "whsec_YXdzLXNpbmtzLWNybS1rZXktM2Y5ZA==";
+/// A token in the CRM endpoint's path, as many webhook URLs carry one.
+const CRM_PATH_TOKEN: &str = "T0KEN-aws-sinks-crm-path-2c7e";
+const TWILIO_TOKEN: &str = "tw-auth-T0KEN-77a1b3c9d0";
+/// No secret, and no message text either, in any log line.
+const NEVER_SHOWN: &[&str] = &[CRM_SECRET, CRM_PATH_TOKEN, TWILIO_TOKEN, "Dinner at 8?"];
 
 fn event(handle: &str, status: MessageStatus, raw: &str, content: Option<&str>) -> Event {
     let mut e = Event::new(
@@ -60,6 +65,7 @@ struct Tables {
 }
 
 async fn tables() -> Tables {
+    common::leaks::capture_logs();
     let conf = common::aws_config(&common::moto_endpoint()).await;
     let ddb = aws_sdk_dynamodb::Client::new(&conf);
     let (state, effects) = (common::unique("state"), common::unique("idem"));
@@ -74,7 +80,7 @@ async fn tables() -> Tables {
 
 async fn crm_sync(t: &Tables, url: &str) -> CrmSync {
     let section: toml::Value = toml::from_str(&format!(
-        "adapter = \"http\"\nurl = \"{url}/hooks/bluehook\"\nsecret = \"{CRM_SECRET}\""
+        "adapter = \"http\"\nurl = \"{url}/hooks/{CRM_PATH_TOKEN}\"\nsecret = \"{CRM_SECRET}\""
     ))
     .unwrap();
     CrmSync::new(
@@ -87,7 +93,7 @@ async fn crm_sync(t: &Tables, url: &str) -> CrmSync {
 
 async fn sms_fallback(t: &Tables, url: &str) -> SmsFallback {
     let section: toml::Value = toml::from_str(&format!(
-        "adapter = \"twilio\"\nbase_url = \"{url}\"\naccount_sid = \"AC123\"\nauth_token = \"tw-token\"\nfrom = \"+15550001111\""
+        "adapter = \"twilio\"\nbase_url = \"{url}\"\naccount_sid = \"AC123\"\nauth_token = \"{TWILIO_TOKEN}\"\nfrom = \"+15550001111\""
     ))
     .unwrap();
     SmsFallback::new(
@@ -184,7 +190,7 @@ async fn a_redelivered_batch_pushes_no_second_crm_update_and_sends_no_second_sms
         };
         use bluehook::provider::Provider;
         verifier.verify(&req).unwrap();
-        assert_eq!(r.path, "/hooks/bluehook");
+        assert_eq!(r.path, format!("/hooks/{CRM_PATH_TOKEN}"));
     }
 
     let sms_requests = twilio.requests();
@@ -200,8 +206,9 @@ async fn a_redelivered_batch_pushes_no_second_crm_update_and_sends_no_second_sms
     assert_eq!(form["From"], "+15550001111");
     assert_eq!(form["Body"], "Dinner at 8?");
     use base64::Engine;
-    let auth = base64::engine::general_purpose::STANDARD.encode("AC123:tw-token");
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("AC123:{TWILIO_TOKEN}"));
     assert_eq!(r.headers["authorization"], format!("Basic {auth}"));
+    common::leaks::assert_no_secret(NEVER_SHOWN);
 }
 
 #[tokio::test]
@@ -234,6 +241,7 @@ async fn a_crm_failing_for_a_while_gets_the_push_once_it_recovers() {
         .is_empty());
     let ok: Vec<_> = crm_server.requests().into_iter().skip(2).collect();
     assert_eq!(ok.len(), 2);
+    common::leaks::assert_no_secret(NEVER_SHOWN);
 }
 
 #[tokio::test]
@@ -290,6 +298,7 @@ async fn a_rejected_sms_is_retried_and_sent_once() {
         .unwrap();
     assert_eq!(item["state"].as_s().unwrap(), "completed");
     assert!(item["result"].as_s().unwrap().starts_with("SM"));
+    common::leaks::assert_no_secret(NEVER_SHOWN);
 }
 
 /// Twilio's answer to a send is cut in the middle (the SMS may have gone out): the fallback must
@@ -325,6 +334,7 @@ async fn an_sms_whose_answer_was_cut_is_never_sent_twice() {
         "Twilio was called once, never again"
     );
     assert_eq!(proxy.faults(), 1);
+    common::leaks::assert_no_secret(NEVER_SHOWN);
 }
 
 /// The CRM endpoint is unreachable (connections refused by the proxy), then back: the push is
@@ -354,4 +364,5 @@ async fn a_crm_behind_refused_connections_gets_the_push_once_it_is_reachable() {
             .is_empty());
     }
     assert_eq!(crm.requests().len(), 1, "pushed once, after the refusals");
+    common::leaks::assert_no_secret(NEVER_SHOWN);
 }

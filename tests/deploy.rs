@@ -361,7 +361,8 @@ async fn start(f: &Function, d: &Deployed, endpoint: &str, kill: &mut Kill) -> R
     // Not the template's: where moto is, and S3 path style for it.
     env.push(("AWS_ENDPOINT_URL".into(), endpoint.into()));
     env.push(("BLUEHOOK_S3_PATH_STYLE".into(), "1".into()));
-    env.push(("BLUEHOOK_LOG".into(), "warn".into()));
+    // Every line the functions can log, for the secrets check.
+    env.push(("BLUEHOOK_LOG".into(), "trace".into()));
     let env: Vec<(&str, String)> = env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
     let bootstrap = lambda_dir().join(&name).join("bootstrap");
     kill.0.push(start_binary(&bootstrap, &name, &api, &env));
@@ -400,6 +401,7 @@ async fn the_built_bootstraps_handle_every_fixture_with_the_templates_environmen
         &std::fs::read_to_string(Path::new(ROOT).join("tests/fixtures/bluehook.toml")).unwrap(),
     )
     .unwrap();
+    let secrets = fixture_secrets(&config);
     let sinks = config["sinks"].as_table_mut().unwrap();
     sinks["crm"].as_table_mut().unwrap()["url"] = format!("{}/crm", crm.url).into();
     sinks["sms_fallback"].as_table_mut().unwrap()["base_url"] = twilio.url.clone().into();
@@ -461,6 +463,7 @@ async fn the_built_bootstraps_handle_every_fixture_with_the_templates_environmen
         for (file, event) in &sqs_fixtures {
             assert_no_batch_failures(&format!("{dir} {file}"), api.invoke(event).await);
         }
+        common::leaks::record(dir, &api.posted());
     }
     assert!(!crm.requests().is_empty(), "crm-sync pushed nothing");
     assert!(!twilio.requests().is_empty(), "sms-fallback sent no SMS");
@@ -479,4 +482,39 @@ async fn the_built_bootstraps_handle_every_fixture_with_the_templates_environmen
         objects.key_count().unwrap_or(0) > 0,
         "analytics archived nothing"
     );
+
+    // No secret of the configuration in any function's log (trace level) or answer.
+    drop(kill);
+    common::leaks::record("the functions' logs", &common::runtime::function_logs());
+    for api in [&ingress, &router] {
+        common::leaks::record("the runtime API", &api.posted());
+    }
+    let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
+    common::leaks::assert_no_secret(&secrets);
+}
+
+/// Every secret of the fixtures' configuration: the sources' signing secrets and the sinks'
+/// keys and tokens.
+fn fixture_secrets(config: &toml::Table) -> Vec<String> {
+    let mut secrets = Vec::new();
+    for source in config["sources"].as_table().unwrap().values() {
+        for s in source["secrets"].as_array().unwrap() {
+            secrets.push(s.as_str().unwrap().to_owned());
+        }
+    }
+    for sink in config["sinks"].as_table().unwrap().values() {
+        for key in [
+            "secret",
+            "auth_token",
+            "token",
+            "api_key_id",
+            "api_secret_key",
+        ] {
+            if let Some(v) = sink.get(key).and_then(|v| v.as_str()) {
+                secrets.push(v.to_owned());
+            }
+        }
+    }
+    assert!(secrets.len() >= 10, "{} secrets", secrets.len());
+    secrets
 }

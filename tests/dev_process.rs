@@ -394,13 +394,7 @@ async fn secrets_and_message_content_never_reach_the_log_at_any_level() {
         format!("[sources.sendblue]\nprovider = \"sendblue\"\nsecrets = [\"{configured}\", \"env:BLUEHOOK_TEST_LOG_SECRET\"]\n"),
     )
     .unwrap();
-    let log_path = dir.path().join("dev.log");
-    let dev = DevProcess::start_logging(
-        dir.path(),
-        &["--config", config.to_str().unwrap()],
-        "trace",
-        Some(&log_path),
-    );
+    let (dev, log_path) = DevProcess::start_tracing(dir.path(), &config);
     let url = format!("{}/webhooks/sendblue/outbound", dev.base_url);
     let client = reqwest::Client::new();
     let content = "private-message-text-Hh5s";

@@ -24,7 +24,12 @@ use common::fake::FakeHttp;
 use common::proxy::{Fault, Proxy};
 use http::{HeaderMap, Method, StatusCode};
 
-const SECRET: &str = "faults-sendblue-secret";
+const SECRET: &str = "sb-signing-F4ULTS-9d2c61a7e0";
+/// The CRM's signing key, and a token in its URL's path (URLs with a token in them are common).
+const CRM_SECRET: &str = "whsec_ZmF1bHRzLWNybS1obWFjLWtleS04MWMz";
+const CRM_PATH_TOKEN: &str = "T0KEN-faults-crm-path-5e8b";
+/// Every secret a scenario here configures: none may show in a log line or an answer.
+const SECRETS: &[&str] = &[SECRET, CRM_SECRET, CRM_PATH_TOKEN];
 const OUTBOUND: &str = include_str!("../shared/testdata/sendblue/outbound.json");
 
 /// AWS clients as the functions build them (standard retries: three attempts), through `via`.
@@ -59,6 +64,7 @@ struct Setup {
 }
 
 async fn setup(lease_secs: u64) -> Setup {
+    common::leaks::capture_logs();
     let moto = common::moto_endpoint();
     let conf = common::aws_config(&moto).await;
     let (ddb, sqs) = (
@@ -109,6 +115,13 @@ fn post(handle: &str) -> IngressRequest {
     }
 }
 
+/// The ingress's answer to `req`, kept for the secrets check.
+async fn handle(s: &Setup, req: IngressRequest) -> bluehook::ingress::IngressResponse {
+    let r = s.ingress.handle(req).await;
+    common::leaks::record("an answer", &r.body);
+    r
+}
+
 fn answer(r: &bluehook::ingress::IngressResponse) -> serde_json::Value {
     serde_json::from_str(&r.body).unwrap()
 }
@@ -135,7 +148,7 @@ fn ids(bodies: &[String]) -> Vec<String> {
 async fn sqs_refusing_during_ingress_is_a_503_with_the_claim_released_then_one_message() {
     let s = setup(30).await;
     s.proxy.inject("AmazonSQS.SendMessage", Fault::Refuse, None);
-    let r = s.ingress.handle(post("fault-sqs-refuses")).await;
+    let r = handle(&s, post("fault-sqs-refuses")).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(answer(&r)["error"], "unavailable");
     assert!(r.retry_after.is_some());
@@ -143,10 +156,11 @@ async fn sqs_refusing_during_ingress_is_a_503_with_the_claim_released_then_one_m
     assert!(s.proxy.faults() >= 1);
 
     s.proxy.clear();
-    let r = s.ingress.handle(post("fault-sqs-refuses")).await;
+    let r = handle(&s, post("fault-sqs-refuses")).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(answer(&r)["status"], "accepted");
     assert_eq!(common::drain_queue(&s.sqs, &s.queue_url).await.len(), 1);
+    common::leaks::assert_no_secret(SECRETS);
 }
 
 #[tokio::test]
@@ -154,7 +168,7 @@ async fn dynamodb_failing_the_claim_is_a_503_and_nothing_is_queued() {
     let s = setup(30).await;
     s.proxy
         .inject("DynamoDB_20120810.PutItem", Fault::Status(500), None);
-    let r = s.ingress.handle(post("fault-claim-fails")).await;
+    let r = handle(&s, post("fault-claim-fails")).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     // The SDK's own retries ran first: three attempts, all refused.
     assert_eq!(s.proxy.counts()["DynamoDB_20120810.PutItem"], 3);
@@ -165,9 +179,10 @@ async fn dynamodb_failing_the_claim_is_a_503_and_nothing_is_queued() {
     );
 
     s.proxy.clear();
-    let r = s.ingress.handle(post("fault-claim-fails")).await;
+    let r = handle(&s, post("fault-claim-fails")).await;
     assert_eq!(answer(&r)["status"], "accepted");
     assert_eq!(common::drain_queue(&s.sqs, &s.queue_url).await.len(), 1);
+    common::leaks::assert_no_secret(SECRETS);
 }
 
 #[tokio::test]
@@ -177,10 +192,11 @@ async fn a_transient_5xx_is_absorbed_by_the_sdk_retry() {
         .inject("DynamoDB_20120810.PutItem", Fault::Status(500), Some(1));
     s.proxy
         .inject("AmazonSQS.SendMessage", Fault::Status(503), Some(1));
-    let r = s.ingress.handle(post("fault-transient")).await;
+    let r = handle(&s, post("fault-transient")).await;
     assert_eq!(answer(&r)["status"], "accepted");
     assert_eq!(s.proxy.faults(), 2);
     assert_eq!(common::drain_queue(&s.sqs, &s.queue_url).await.len(), 1);
+    common::leaks::assert_no_secret(SECRETS);
 }
 
 #[tokio::test]
@@ -189,41 +205,43 @@ async fn dynamodb_failing_the_complete_step_still_acks_and_a_retry_is_caught_dow
     s.proxy
         .inject("DynamoDB_20120810.UpdateItem", Fault::Status(500), None);
     let t0 = std::time::Instant::now();
-    let first = s.ingress.handle(post("fault-complete-fails")).await;
+    let first = handle(&s, post("fault-complete-fails")).await;
     assert_eq!(first.status, StatusCode::OK, "queued durably: still an ack");
     let id = answer(&first)["events"][0].as_str().unwrap().to_owned();
     s.proxy.clear();
 
     // Within the claim's lease the retry is told to come back later...
-    let during = s.ingress.handle(post("fault-complete-fails")).await;
+    let during = handle(&s, post("fault-complete-fails")).await;
     assert_eq!(during.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(answer(&during)["error"], "in_progress");
     // ...after it, the retry is accepted again: a second copy with the same event id, which
     // the sinks' effect keys drop (see aws_sinks.rs).
     tokio::time::sleep(Duration::from_millis(5200).saturating_sub(t0.elapsed())).await;
-    let after = s.ingress.handle(post("fault-complete-fails")).await;
+    let after = handle(&s, post("fault-complete-fails")).await;
     assert_eq!(after.status, StatusCode::OK);
     let queued = ids(&common::drain_queue(&s.sqs, &s.queue_url).await);
     assert_eq!(queued, vec![id.clone(), id], "two copies, one event id");
     // And now the key is completed: the next retry is a plain duplicate.
-    let again = s.ingress.handle(post("fault-complete-fails")).await;
+    let again = handle(&s, post("fault-complete-fails")).await;
     assert_eq!(answer(&again)["status"], "duplicate");
+    common::leaks::assert_no_secret(SECRETS);
 }
 
 #[tokio::test]
 async fn an_sqs_answer_cut_mid_response_is_a_503_and_the_retry_copy_has_the_same_id() {
     let s = setup(30).await;
     s.proxy.inject("AmazonSQS.SendMessage", Fault::Cut, None);
-    let r = s.ingress.handle(post("fault-cut")).await;
+    let r = handle(&s, post("fault-cut")).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(claims(&s).await.is_empty(), "the claim was released");
     s.proxy.clear();
-    let r = s.ingress.handle(post("fault-cut")).await;
+    let r = handle(&s, post("fault-cut")).await;
     assert_eq!(answer(&r)["status"], "accepted");
     // SQS did store the message(s) whose answers were cut: copies with the one event id.
     let queued = ids(&common::drain_queue(&s.sqs, &s.queue_url).await);
     assert!(queued.len() >= 2, "{queued:?}");
     assert!(queued.iter().all(|q| *q == queued[0]));
+    common::leaks::assert_no_secret(SECRETS);
 }
 
 #[tokio::test]
@@ -235,16 +253,18 @@ async fn a_slow_dynamodb_beyond_the_attempt_timeout_is_a_503_not_a_hang() {
         None,
     );
     let t = std::time::Instant::now();
-    let r = s.ingress.handle(post("fault-slow")).await;
+    let r = handle(&s, post("fault-slow")).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
     s.proxy.clear();
+    common::leaks::assert_no_secret(SECRETS);
 }
 
 /// A sink that never recovers: after maxReceiveCount receives the message is in the DLQ; once
 /// the CRM is fixed, `replay` brings it back and it is pushed exactly once.
 #[tokio::test]
 async fn a_sink_that_never_recovers_dead_letters_and_replay_delivers_once() {
+    common::leaks::capture_logs();
     let conf = common::aws_config(&common::moto_endpoint()).await;
     let (ddb, sqs) = (
         aws_sdk_dynamodb::Client::new(&conf),
@@ -293,7 +313,7 @@ async fn a_sink_that_never_recovers_dead_letters_and_replay_delivers_once() {
     })
     .await;
     let section: toml::Value = toml::from_str(&format!(
-        "adapter = \"http\"\nurl = \"{}/crm\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n",
+        "adapter = \"http\"\nurl = \"{}/crm/{CRM_PATH_TOKEN}\"\nsecret = \"{CRM_SECRET}\"\n",
         crm.url
     ))
     .unwrap();
@@ -420,6 +440,7 @@ async fn a_sink_that_never_recovers_dead_letters_and_replay_delivers_once() {
         .batch_item_failures
         .is_empty());
     assert_eq!(crm.requests().len() - before, 1, "no second push");
+    common::leaks::assert_no_secret(SECRETS);
 }
 
 /// The function process dies (kill -9) after its claim, while its send to SQS has not reached
@@ -438,6 +459,7 @@ async fn a_function_killed_between_claim_and_enqueue_loses_nothing() {
             ("BLUEHOOK_IDEMPOTENCY_TABLE", s.table.clone()),
             ("BLUEHOOK_EVENTS_QUEUE_URL", s.queue_url.clone()),
             ("AWS_ENDPOINT_URL", proxy.to_owned()),
+            ("BLUEHOOK_LOG", "trace".to_owned()),
         ]
     };
     let event = |handle: &str| {
@@ -456,10 +478,10 @@ async fn a_function_killed_between_claim_and_enqueue_loses_nothing() {
     };
 
     s.proxy.inject("AmazonSQS.SendMessage", Fault::Hang, None);
-    let api = Arc::new(RuntimeApi::start().await);
-    let mut doomed = start_function("ingress", &api, &env(&s.proxy.url));
+    let first_api = Arc::new(RuntimeApi::start().await);
+    let mut doomed = start_function("ingress", &first_api, &env(&s.proxy.url));
     let pending = {
-        let (api, e) = (api.clone(), event("fault-kill"));
+        let (api, e) = (first_api.clone(), event("fault-kill"));
         tokio::spawn(async move { api.invoke(&e).await })
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -487,4 +509,8 @@ async fn a_function_killed_between_claim_and_enqueue_loses_nothing() {
     let _ = fresh.kill();
     let _ = fresh.wait();
     assert_eq!(common::drain_queue(&s.sqs, &s.queue_url).await.len(), 1);
+    common::leaks::record("the functions' output", &common::runtime::function_logs());
+    common::leaks::record("the runtime API", &first_api.posted());
+    common::leaks::record("the runtime API", &api.posted());
+    common::leaks::assert_no_secret(SECRETS);
 }

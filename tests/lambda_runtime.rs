@@ -11,7 +11,21 @@ use common::fake::{twilio_ok, FakeHttp};
 use common::runtime::{start_function, Kill, RuntimeApi};
 
 const OUTBOUND: &str = include_str!("../shared/testdata/sendblue/outbound.json");
-const SECRET: &str = "sb-lambda-secret";
+const SECRET: &str = "sb-signing-L4MBDA-4e81f07c";
+/// A delivery signed with a wrong secret: refused, and not echoed either.
+const FORGED: &str = "sb-forged-L4MBDA-0d9e3a55";
+const CRM_SECRET: &str = "whsec_bGFtYmRhLWNybS1zaWduaW5nLWtleQ==";
+const CRM_PATH_TOKEN: &str = "T0KEN-lambda-crm-path-61f2";
+const TWILIO_TOKEN: &str = "tw-ssm-T0KEN-5b2f90ad";
+/// In no function's log line and no answer: the secrets, and the message's text.
+const NEVER_SHOWN: &[&str] = &[
+    SECRET,
+    FORGED,
+    CRM_SECRET,
+    CRM_PATH_TOKEN,
+    TWILIO_TOKEN,
+    "Running late, 10 min",
+];
 
 fn http_api_event(path: &str, body: &str, secret: &str) -> serde_json::Value {
     serde_json::json!({
@@ -99,7 +113,7 @@ async fn the_whole_chain_through_the_runtime_api() {
     let token_param = format!("/bluehook/test/{}", common::unique("twilio-token"));
     ssm.put_parameter()
         .name(&token_param)
-        .value("tw-token-from-ssm")
+        .value(TWILIO_TOKEN)
         .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
         .send()
         .await
@@ -112,8 +126,8 @@ secrets = ["{SECRET}"]
 
 [sinks.crm]
 adapter = "http"
-url = "{crm}/crm"
-secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+url = "{crm}/crm/{CRM_PATH_TOKEN}"
+secret = "{CRM_SECRET}"
 
 [sinks.sms_fallback]
 adapter = "twilio"
@@ -150,6 +164,7 @@ from = "+15550001111"
             ),
             ("BLUEHOOK_ANALYTICS_BUCKET", bucket.clone()),
             ("BLUEHOOK_S3_PATH_STYLE", "true".into()),
+            ("BLUEHOOK_LOG", "trace".into()),
         ];
         for (k, val) in extra {
             v.retain(|(name, _)| name != k);
@@ -174,7 +189,7 @@ from = "+15550001111"
     for (body, secret, want) in [
         (&sent, SECRET, 200),
         (&failed, SECRET, 200),
-        (&sent, "forged", 401),
+        (&sent, FORGED, 401),
         (&sent, SECRET, 200),
     ] {
         let answer = apis["ingress"]
@@ -240,7 +255,7 @@ from = "+15550001111"
     assert_eq!(sms.len(), 1);
     assert_eq!(sms[0].form()["Body"], "Running late, 10 min");
     use base64::Engine;
-    let auth = base64::engine::general_purpose::STANDARD.encode("AC42:tw-token-from-ssm");
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("AC42:{TWILIO_TOKEN}"));
     assert_eq!(
         sms[0].headers["authorization"],
         format!("Basic {auth}"),
@@ -282,6 +297,19 @@ from = "+15550001111"
         .unwrap()
         .to_vec();
     assert_eq!(String::from_utf8(body).unwrap().lines().count(), 2);
+
+    // Nothing secret, and no message text, in any function's log (trace level) or answer.
+    drop(children);
+    let logs = common::runtime::function_logs();
+    assert!(
+        logs.contains("\"level\":\"TRACE\""),
+        "the functions logged at trace level"
+    );
+    common::leaks::record("the functions' logs", &logs);
+    for (f, api) in &apis {
+        common::leaks::record(&format!("{f}'s answers"), &api.posted());
+    }
+    common::leaks::assert_no_secret(NEVER_SHOWN);
 }
 
 #[tokio::test]
@@ -303,4 +331,53 @@ async fn a_function_without_its_configuration_reports_an_init_error() {
         .init_error()
         .expect("init error reported to the runtime API");
     assert!(error.contains("unknown provider"), "{error}");
+}
+
+/// A configuration the function cannot read, broken on the very line of a secret: the error
+/// says where (line and column) and what, not the line itself.
+#[tokio::test]
+async fn a_broken_configuration_is_reported_without_the_secret_on_its_line() {
+    for (config, says) in [
+        (
+            format!("[sources.s]\nprovider = \"sendblue\"\nsecrets = [\"{SECRET}\" x]\n"),
+            "line 3",
+        ),
+        (
+            format!("[sources.s]\nprovider = \"sendblue\"\nsecrets = \"{SECRET}\"\n"),
+            "line 3",
+        ),
+        (
+            format!("[sources.s]\nprovider = \"sendblue\"\nsecrets = [\"{SECRET}]\n"),
+            "line 3",
+        ),
+        (
+            format!("[sinks.sms_fallback]\nadapter = \"twilio\"\nauth_token = {TWILIO_TOKEN}\n"),
+            "line 3",
+        ),
+    ] {
+        let api = RuntimeApi::start().await;
+        let mut child = start_function(
+            "ingress",
+            &api,
+            &[
+                ("BLUEHOOK_CONFIG", config),
+                ("BLUEHOOK_LOG", "trace".into()),
+            ],
+        );
+        let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+            .await
+            .unwrap();
+        assert!(!status.success(), "the process exits");
+        let error = api.init_error().expect("init error reported");
+        assert!(
+            error.contains("invalid config") && error.contains(says),
+            "{error}"
+        );
+        common::leaks::record("the init error", &error);
+        common::leaks::record("the runtime API", &api.posted());
+    }
+    let logs = common::runtime::function_logs();
+    assert!(logs.contains("invalid config"), "the error is logged too");
+    common::leaks::record("the function's log", &logs);
+    common::leaks::assert_no_secret(&[SECRET, TWILIO_TOKEN]);
 }

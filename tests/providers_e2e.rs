@@ -16,39 +16,55 @@ use common::{stats, DevProcess};
 const CONFIG: &str = r#"
 [sources.sendblue]
 provider = "sendblue"
-secrets = ["sb-secret"]
+secrets = ["sb-secret-P2E-8c1f0a"]
 
 [sources.bluereplies]
 provider = "bluereplies"
-secrets = ["br-secret"]
+secrets = ["br-secret-P2E-3d9e7b"]
 
 [sources.twilio]
 provider = "twilio"
-secrets = ["tw-auth-token"]
+secrets = ["tw-auth-token-P2E-51c2"]
 
 [sources.standard-webhooks]
 provider = "standard-webhooks"
-secrets = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]
+secrets = ["whsec_cHJvdmlkZXJzLWUyZS1zdGFuZGFyZC1rZXk="]
 
 [sources.bluemessaggio]
 provider = "bluemessaggio"
 header = "x-bm-signature"
-secrets = ["bm-secret"]
+secrets = ["bm-secret-P2E-0e4a6c"]
 
 [sources.stripe-style]
 provider = "stripe-style"
-secrets = ["st-secret"]
+secrets = ["st-secret-P2E-7f21d9"]
 
 [sources.github-style]
 provider = "github-style"
-secrets = ["gh-secret"]
+secrets = ["gh-secret-P2E-c83b05"]
 
 [sources.hmac]
 provider = "hmac"
 header = "x-signature"
 algorithm = "sha512"
 encoding = "base64"
-secrets = ["hm-secret"]
+secrets = ["hm-secret-P2E-96ad4e"]
+
+# Both destinations unreachable (nothing listens on port 9): every push and SMS fails with a
+# connection error, logged. The CRM's URL carries a token in its path, as many do.
+[sinks.crm]
+adapter = "http"
+url = "http://127.0.0.1:9/hooks/T0KEN-p2e-crm-path-4b7d"
+secret = "whsec_cHJvdmlkZXJzLWUyZS1jcm0ta2V5"
+
+[sinks.sms_fallback]
+adapter = "twilio"
+base_url = "http://127.0.0.1:9"
+account_sid = "ACp2e"
+auth_token = "tw-api-T0KEN-p2e-a1b2c3"
+from = "+15550001111"
+
+[sinks.analytics]
 "#;
 
 /// What the event log should hold for `<provider>.<event>`; `None` for a ping (not queued).
@@ -77,6 +93,31 @@ fn expected(provider: &str, event: &str) -> Option<(EventKind, Option<MessageSta
     })
 }
 
+/// Every secret in `config`: the sources' signing secrets, the sinks' keys and tokens, and
+/// the token in the CRM's URL.
+fn secrets_of(config: &str) -> Vec<&'static str> {
+    let table: toml::Table = toml::from_str(config).unwrap();
+    let mut secrets: Vec<String> = Vec::new();
+    for source in table["sources"].as_table().unwrap().values() {
+        for s in source["secrets"].as_array().unwrap() {
+            secrets.push(s.as_str().unwrap().to_owned());
+        }
+    }
+    for sink in table["sinks"].as_table().unwrap().values() {
+        for key in ["secret", "auth_token"] {
+            if let Some(v) = sink.get(key).and_then(|v| v.as_str()) {
+                secrets.push(v.to_owned());
+            }
+        }
+    }
+    secrets.push("T0KEN-p2e-crm-path-4b7d".into());
+    assert_eq!(secrets.len(), 11);
+    secrets
+        .into_iter()
+        .map(|s| &*Box::leak(s.into_boxed_str()))
+        .collect()
+}
+
 fn write_config(dir: &std::path::Path) -> std::path::PathBuf {
     let path = dir.join("bluehook.toml");
     std::fs::write(&path, CONFIG).unwrap();
@@ -87,7 +128,7 @@ fn write_config(dir: &std::path::Path) -> std::path::PathBuf {
 fn every_sample_bluehook_send_knows_round_trips_into_the_event_log() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path());
-    let dev = DevProcess::start(dir.path(), &["--config", config.to_str().unwrap()]);
+    let (dev, log_path) = DevProcess::start_tracing(dir.path(), &config);
 
     let listed = Command::new(env!("CARGO_BIN_EXE_bluehook"))
         .args(["send", "--list"])
@@ -108,6 +149,11 @@ fn every_sample_bluehook_send_knows_round_trips_into_the_event_log() {
                 .output()
                 .unwrap();
             let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            common::leaks::record(&format!("`send {name}`"), &stdout);
+            common::leaks::record(
+                &format!("`send {name}` errors"),
+                &String::from_utf8_lossy(&out.stderr),
+            );
             assert!(
                 out.status.success(),
                 "{name}: {stdout} {}",
@@ -128,7 +174,31 @@ fn every_sample_bluehook_send_knows_round_trips_into_the_event_log() {
             sent.push((provider.to_string(), event.to_string(), id));
         }
     }
+    // The CRM sink tries its unreachable destination (and logs that) before the stop.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let tried = |what: &str| std::fs::read_to_string(&log_path).unwrap().contains(what);
+    while !tried("CRM push failed") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the CRM sink never ran"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     assert!(dev.interrupt().success());
+
+    // No secret in the log (trace level), any answer or error `send` printed, the stats or
+    // the event log.
+    let text = |p: &str| std::fs::read_to_string(dir.path().join(p)).unwrap();
+    common::leaks::record("the dev server's log", &text("dev.log"));
+    common::leaks::record("the event log", &text("events.ndjson"));
+    common::leaks::record("stats --json", &stats(dir.path()).to_string());
+    let plain = Command::new(env!("CARGO_BIN_EXE_bluehook"))
+        .args(["stats", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    common::leaks::record("stats", &String::from_utf8_lossy(&plain.stdout));
+    common::leaks::assert_no_secret(&secrets_of(CONFIG));
 
     let log = event_log::read_all(&dir.path().join("events.ndjson")).unwrap();
     let by_id: HashMap<&str, &bluehook::Event> = log.iter().map(|e| (e.id.as_str(), e)).collect();

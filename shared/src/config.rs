@@ -99,7 +99,7 @@ pub struct Config {
 
 impl Config {
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let config: Config = toml::from_str(text).map_err(|e| parse_error(text, &e))?;
         config.validate()?;
         Ok(config)
     }
@@ -146,6 +146,36 @@ pub fn valid_source_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// A TOML error as a line, a column and what is wrong, without the snippet of the document
+/// that the parser's own message quotes and with quoted values left out: the line at fault may
+/// hold a secret (`invalid type: string "…"` would print it).
+fn parse_error(text: &str, e: &toml::de::Error) -> ConfigError {
+    let mut message = String::new();
+    let mut quoted = false;
+    for c in e.message().trim().chars() {
+        if c == '"' {
+            if !quoted {
+                message.push_str("\"…\"");
+            }
+            quoted = !quoted;
+        } else if !quoted {
+            message.push(c);
+        }
+    }
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before[before.rfind('\n').map_or(0, |i| i + 1)..]
+                .chars()
+                .count()
+                + 1;
+            ConfigError::Parse(format!("line {line}, column {column}: {message}"))
+        }
+        None => ConfigError::Parse(message),
+    }
 }
 
 /// A resolved secret. Its `Debug` and `Display` never show the value.

@@ -5,8 +5,13 @@
 use tracing_subscriber::EnvFilter;
 
 /// Wire-level tracing of the HTTP and AWS layers would print request and response bodies (an
-/// SSM secret among them): those targets are capped whatever level is asked for.
+/// SSM secret among them), and the Lambda runtime's traces print every raw event (a provider's
+/// signing secret in its headers, the message text in its body): those targets are capped
+/// whatever level is asked for.
 const CAPS: &[&str] = &[
+    "lambda_runtime=debug",
+    "lambda_runtime_api_client=debug",
+    "lambda_http=debug",
     "aws_smithy_runtime=info",
     "aws_smithy_runtime_api=info",
     "aws_smithy_http=info",
@@ -31,10 +36,21 @@ fn filter() -> EnvFilter {
     EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info"))
 }
 
-/// JSON logs, for Lambda.
+/// JSON logs on stdout, for Lambda.
 pub fn init_json() {
+    init_json_with(std::io::stdout);
+}
+
+/// JSON logs, as [`init_json`], written through `writer` (a function returning an
+/// `io::Write`): for embedding bluehook's handlers in another process, and for tests that read
+/// every line logged.
+pub fn init_json_with<W>(writer: W)
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     let _ = tracing_subscriber::fmt()
         .json()
+        .with_writer(writer)
         .with_env_filter(filter())
         .with_current_span(false)
         .without_time() // CloudWatch stamps each line

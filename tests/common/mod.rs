@@ -4,11 +4,12 @@
 #![allow(dead_code)]
 
 pub mod fake;
+pub mod leaks;
 pub mod proxy;
 pub mod runtime;
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -162,6 +163,19 @@ impl DevProcess {
         // Keep reading stdout so the process never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         DevProcess { child, base_url }
+    }
+
+    /// Starts with `config`, logging at trace level into `dev.log` in the data folder; returns
+    /// the log's path too.
+    pub fn start_tracing(data_dir: &Path, config: &Path) -> (DevProcess, PathBuf) {
+        let log = data_dir.join("dev.log");
+        let dev = Self::start_logging(
+            data_dir,
+            &["--config", config.to_str().unwrap()],
+            "trace",
+            Some(&log),
+        );
+        (dev, log)
     }
 
     pub fn kill9(mut self) {

@@ -5,7 +5,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,8 @@ struct State {
     /// (what Lambda bills as the duration).
     handed_out: Mutex<HashMap<String, Instant>>,
     durations: Mutex<Vec<Duration>>,
+    /// Every body the function posted: responses, invocation and init errors.
+    posted: Mutex<String>,
     ready: Notify,
 }
 
@@ -62,6 +64,11 @@ async fn serve(
         .map(|b| b.to_bytes())
         .unwrap_or_default();
     let body = String::from_utf8_lossy(&body).into_owned();
+    if path != "/2018-06-01/runtime/invocation/next" {
+        let mut posted = state.posted.lock().unwrap();
+        posted.push_str(&body);
+        posted.push('\n');
+    }
     if path == "/2018-06-01/runtime/invocation/next" {
         state
             .first_poll
@@ -182,6 +189,39 @@ impl RuntimeApi {
     pub fn init_error(&self) -> Option<String> {
         self.state.init_error.lock().unwrap().clone()
     }
+
+    /// Every body the function posted back, one per line: what Lambda hands to the caller
+    /// (API Gateway answers, error objects).
+    pub fn posted(&self) -> String {
+        self.state.posted.lock().unwrap().clone()
+    }
+}
+
+/// Where the function processes this process starts write their stdout and stderr (their
+/// logs, as CloudWatch would get them).
+fn log_dir() -> PathBuf {
+    let base = option_env!("CARGO_TARGET_TMPDIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let dir = base.join(format!("function-logs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Everything the function processes started by this process have written so far, each file
+/// headed by its name.
+pub fn function_logs() -> String {
+    let mut all = String::new();
+    let mut files: Vec<_> = std::fs::read_dir(log_dir())
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    files.sort();
+    for f in files {
+        all.push_str(&format!("==> {}\n", f.display()));
+        all.push_str(&String::from_utf8_lossy(&std::fs::read(&f).unwrap()));
+    }
+    all
 }
 
 /// The built binary of a workspace function (`cargo build --workspace` builds them all; the
@@ -208,7 +248,8 @@ pub fn start_function(name: &str, api: &RuntimeApi, env: &[(&str, String)]) -> C
 }
 
 /// Starts the executable at `path` as the function `name` against `api`, with the Lambda
-/// environment and `env` only (nothing inherited).
+/// environment and `env` only (nothing inherited); its output goes to a file read back by
+/// [`function_logs`].
 pub fn start_binary(path: &Path, name: &str, api: &RuntimeApi, env: &[(&str, String)]) -> Child {
     let mut cmd = Command::new(path);
     cmd.env_clear()
@@ -221,9 +262,11 @@ pub fn start_binary(path: &Path, name: &str, api: &RuntimeApi, env: &[(&str, Str
         .env("AWS_REGION", "us-east-1")
         .env("AWS_ACCESS_KEY_ID", "testing")
         .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("BLUEHOOK_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
+        .env("BLUEHOOK_LOG", "warn");
+    static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let log = std::fs::File::create(log_dir().join(format!("{n:03}-{name}.log"))).unwrap();
+    cmd.stdout(log.try_clone().unwrap()).stderr(log);
     for (k, v) in env {
         cmd.env(k, v);
     }

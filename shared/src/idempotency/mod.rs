@@ -170,6 +170,39 @@ pub mod contract {
             Claim::Acquired(_)
         ));
 
+        // With the shipped expiry (72 h), copies hours and days later are duplicates; the key
+        // frees only once the 72 h have passed.
+        let k4 = format!("{prefix}-k4");
+        let shipped = |now_ms| ClaimTimes {
+            now_ms,
+            lease: Duration::from_secs(30),
+            ttl: Duration::from_secs(crate::config::IngressConfig::default().idempotency_ttl_secs),
+        };
+        let Claim::Acquired(tok4) = store.claim(&k4, "e4", shipped(t0)).await.unwrap() else {
+            panic!("first claim must acquire")
+        };
+        store
+            .complete(&k4, &tok4, shipped(t0 + 1_000))
+            .await
+            .unwrap();
+        for hours in [1, 6, 24, 48, 71] {
+            assert_eq!(
+                store
+                    .claim(&k4, "e4", shipped(t0 + hours * 3_600_000))
+                    .await
+                    .unwrap(),
+                Claim::Completed,
+                "a copy {hours} h later"
+            );
+        }
+        assert!(matches!(
+            store
+                .claim(&k4, "e4", shipped(t0 + 1_000 + 72 * 3_600_000 + 1_000))
+                .await
+                .unwrap(),
+            Claim::Acquired(_)
+        ));
+
         // Release gives the key back at once.
         let k2 = format!("{prefix}-k2");
         let Claim::Acquired(tok2) = store.claim(&k2, "e2", times(t0)).await.unwrap() else {

@@ -37,10 +37,27 @@ impl SinkError {
         // built) proves the effect did not happen. A connection that closed before the answer
         // came, or a timeout, may follow a request the other side received and acted on.
         let definite = e.is_connect() || e.is_builder();
-        SinkError {
-            message: format!("{e}"),
-            definite,
+        // reqwest's message names the whole URL, and a destination URL may carry a token in
+        // its path or query: name only its origin, then the causes.
+        let origin = e.url().map(|u| {
+            let host = u.host_str().unwrap_or("?");
+            match u.port() {
+                Some(port) => format!("{}://{host}:{port}", u.scheme()),
+                None => format!("{}://{host}", u.scheme()),
+            }
+        });
+        let e = e.without_url();
+        let mut message = e.to_string();
+        if let Some(origin) = origin {
+            message.push_str(&format!(" ({origin})"));
         }
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            message.push_str(": ");
+            message.push_str(&c.to_string());
+            cause = c.source();
+        }
+        SinkError { message, definite }
     }
 }
 
