@@ -496,25 +496,7 @@ async fn the_built_bootstraps_handle_every_fixture_with_the_templates_environmen
 /// Every secret of the fixtures' configuration: the sources' signing secrets and the sinks'
 /// keys and tokens.
 fn fixture_secrets(config: &toml::Table) -> Vec<String> {
-    let mut secrets = Vec::new();
-    for source in config["sources"].as_table().unwrap().values() {
-        for s in source["secrets"].as_array().unwrap() {
-            secrets.push(s.as_str().unwrap().to_owned());
-        }
-    }
-    for sink in config["sinks"].as_table().unwrap().values() {
-        for key in [
-            "secret",
-            "auth_token",
-            "token",
-            "api_key_id",
-            "api_secret_key",
-        ] {
-            if let Some(v) = sink.get(key).and_then(|v| v.as_str()) {
-                secrets.push(v.to_owned());
-            }
-        }
-    }
+    let secrets = common::leaks::config_secrets(config);
     assert!(secrets.len() >= 10, "{} secrets", secrets.len());
     secrets
 }

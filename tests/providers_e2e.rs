@@ -96,20 +96,7 @@ fn expected(provider: &str, event: &str) -> Option<(EventKind, Option<MessageSta
 /// Every secret in `config`: the sources' signing secrets, the sinks' keys and tokens, and
 /// the token in the CRM's URL.
 fn secrets_of(config: &str) -> Vec<&'static str> {
-    let table: toml::Table = toml::from_str(config).unwrap();
-    let mut secrets: Vec<String> = Vec::new();
-    for source in table["sources"].as_table().unwrap().values() {
-        for s in source["secrets"].as_array().unwrap() {
-            secrets.push(s.as_str().unwrap().to_owned());
-        }
-    }
-    for sink in table["sinks"].as_table().unwrap().values() {
-        for key in ["secret", "auth_token"] {
-            if let Some(v) = sink.get(key).and_then(|v| v.as_str()) {
-                secrets.push(v.to_owned());
-            }
-        }
-    }
+    let mut secrets = common::leaks::config_secrets(&toml::from_str(config).unwrap());
     secrets.push("T0KEN-p2e-crm-path-4b7d".into());
     assert_eq!(secrets.len(), 11);
     secrets

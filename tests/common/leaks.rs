@@ -94,3 +94,28 @@ pub fn assert_no_secret(secrets: &[&str]) {
         }
     }
 }
+
+/// Every secret in a bluehook configuration: the sources' signing secrets and the sinks' keys
+/// and tokens.
+pub fn config_secrets(config: &toml::Table) -> Vec<String> {
+    let mut secrets = Vec::new();
+    for source in config["sources"].as_table().unwrap().values() {
+        for s in source["secrets"].as_array().unwrap() {
+            secrets.push(s.as_str().unwrap().to_owned());
+        }
+    }
+    for sink in config["sinks"].as_table().unwrap().values() {
+        for key in [
+            "secret",
+            "auth_token",
+            "token",
+            "api_key_id",
+            "api_secret_key",
+        ] {
+            if let Some(v) = sink.get(key).and_then(|v| v.as_str()) {
+                secrets.push(v.to_owned());
+            }
+        }
+    }
+    secrets
+}

@@ -39,13 +39,7 @@ impl SinkError {
         let definite = e.is_connect() || e.is_builder();
         // reqwest's message names the whole URL, and a destination URL may carry a token in
         // its path or query: name only its origin, then the causes.
-        let origin = e.url().map(|u| {
-            let host = u.host_str().unwrap_or("?");
-            match u.port() {
-                Some(port) => format!("{}://{host}:{port}", u.scheme()),
-                None => format!("{}://{host}", u.scheme()),
-            }
-        });
+        let origin = e.url().map(|u| u.origin().ascii_serialization());
         let e = e.without_url();
         let mut message = e.to_string();
         if let Some(origin) = origin {
