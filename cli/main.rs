@@ -268,11 +268,7 @@ async fn replay(
     data_dir: &std::path::Path,
 ) -> anyhow::Result<()> {
     if aws {
-        let conf = aws_config::load_from_env().await;
-        let moved =
-            bluehook::replay::replay_sqs(&aws_sdk_sqs::Client::new(&conf), queue, max).await?;
-        println!("moved {moved} messages from the dead-letter queue of {queue} back to it");
-        return Ok(());
+        return replay_aws(queue, max).await;
     }
     anyhow::ensure!(
         local::local_queues().contains(&queue),
@@ -285,6 +281,21 @@ async fn replay(
     db.flush().await?;
     println!("moved {moved} messages from {queue}-dlq back to {queue}");
     Ok(())
+}
+
+#[cfg(feature = "aws")]
+async fn replay_aws(queue: &str, max: u64) -> anyhow::Result<()> {
+    let conf = aws_config::load_from_env().await;
+    let moved = bluehook::replay::replay_sqs(&aws_sdk_sqs::Client::new(&conf), queue, max).await?;
+    println!("moved {moved} messages from the dead-letter queue of {queue} back to it");
+    Ok(())
+}
+
+#[cfg(not(feature = "aws"))]
+async fn replay_aws(_queue: &str, _max: u64) -> anyhow::Result<()> {
+    anyhow::bail!(
+        "this bluehook was built without the AWS SDK: build it with the `aws` feature (the default), e.g. `cargo build --profile cli --bin bluehook`"
+    )
 }
 
 fn open_data(data_dir: &std::path::Path) -> anyhow::Result<bluehook::sqlite::Db> {

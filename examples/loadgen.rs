@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --example loadgen -- --url http://127.0.0.1:3000/webhooks/sendblue/outbound \
-//!     --secret "$(cat .bluehook/dev-secret)" --connections 64 --duration 10 [--rate 2000]
+//!     --secret "$(cat .bluehook/dev-secret)" --connections 64 --duration 10 [--rate 2000] [--timeout 30]
 //! ```
 //! Without `--rate` each connection sends as fast as it is answered (closed loop, the maximum).
 //! With `--rate` requests are scheduled at fixed times and latency is measured from the
@@ -36,6 +36,8 @@ async fn main() {
     let duration =
         Duration::from_secs_f64(arg(&args, "--duration").map_or(10.0, |v| v.parse().unwrap()));
     let rate: Option<f64> = arg(&args, "--rate").map(|v| v.parse().unwrap());
+    // How long one request may take before it counts as an error.
+    let timeout = Duration::from_secs(arg(&args, "--timeout").map_or(30, |v| v.parse().unwrap()));
     let run = uuid::Uuid::new_v4().simple().to_string();
     // Pad the sample to about 1 KB, a typical Sendblue webhook.
     let template = OUTBOUND.replace(
@@ -52,7 +54,7 @@ async fn main() {
         tasks.push(tokio::spawn(async move {
             let client = reqwest::Client::builder()
                 .pool_max_idle_per_host(1)
-                .timeout(Duration::from_secs(30))
+                .timeout(timeout)
                 .build()
                 .unwrap();
             let mut tally = Tally::default();

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need (a Python venv with moto's server, cfn-lint,
 # the SAM CLI and cargo-lambda, from PyPI), validates template.yaml, builds every Lambda
-# function's bootstrap with `cargo lambda build --release`, starts moto on a free loopback port,
-# runs every test of the workspace, and stops moto.
+# function's bootstrap with `cargo lambda build --release` and the test binaries, starts moto on
+# a free loopback port, runs every test of the workspace, and stops moto.
 # Extra arguments go to the test runner (e.g. a test name filter).
+# `scripts/test.sh --install-only` only makes the venv (CI does that beside its lints).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,25 +16,60 @@ if [ ! -x "$venv/bin/moto_server" ] || [ ! -x "$venv/bin/cfn-lint" ] || [ ! -x "
   "$venv/bin/pip" install --quiet --disable-pip-version-check 'moto[server]>=5.1,<6' 'cfn-lint>=1,<2' \
     'aws-sam-cli>=1.100,<2' 'cargo-lambda>=1,<2'
 fi
-export PATH="$(cd "$venv" && pwd)/bin:$PATH"
-
-echo "==> cfn-lint template.yaml"
-cfn-lint template.yaml
-echo "==> sam validate --lint"
-SAM_CLI_TELEMETRY=0 AWS_DEFAULT_REGION="${AWS_DEFAULT_REGION:-us-east-1}" sam validate --lint
-
-# Every function's deployable bootstrap (x86_64; arm64 too when the target is installed).
-echo "==> cargo lambda build --release"
-functions=(-p ingress -p router -p crm-sync -p sms-fallback -p analytics)
-cargo lambda build --release "${functions[@]}" --lambda-dir target/lambda
-if rustup target list --installed 2>/dev/null | grep -q '^aarch64-unknown-linux-gnu$'; then
-  echo "==> cargo lambda build --release --arm64"
-  cargo lambda build --release --arm64 "${functions[@]}" --lambda-dir target/lambda-arm64
+if [ "${1:-}" = "--install-only" ]; then
+  exit 0
 fi
+export PATH="$(cd "$venv" && pwd)/bin:$PATH"
+mkdir -p target
+
+# Waits for a background step; on failure prints its log and stops.
+finish() {
+  local pid=$1 what=$2 log=$3
+  if ! wait "$pid"; then
+    echo "FAILED: $what (its log, $log):"
+    tail -n 80 "$log"
+    exit 1
+  fi
+  echo "==> $what: ok"
+}
+
+# The template checks need only Python: they run beside the builds.
+(
+  cfn-lint template.yaml
+  SAM_CLI_TELEMETRY=0 AWS_DEFAULT_REGION="${AWS_DEFAULT_REGION:-us-east-1}" sam validate --lint
+) >target/template-checks.log 2>&1 &
+checks=$!
+
+# Every function's deployable bootstrap (x86_64; arm64 too when the target is installed), built
+# while the test binaries build: the bootstraps' link-time optimisation runs on one core for
+# minutes, and the test build uses the other.
+functions=(-p ingress -p router -p crm-sync -p sms-fallback -p analytics)
+(
+  cargo lambda build --release "${functions[@]}" --lambda-dir target/lambda
+  if rustup target list --installed 2>/dev/null | grep -q '^aarch64-unknown-linux-gnu$'; then
+    cargo lambda build --release --arm64 "${functions[@]}" --lambda-dir target/lambda-arm64
+  fi
+) >target/lambda-build.log 2>&1 &
+bootstraps=$!
+echo "==> cargo lambda build --release (in the background, log: target/lambda-build.log)"
+
+# The Lambda functions' binaries (run by tests/lambda_runtime.rs through a runtime API server),
+# the load generator (run by tests/load.rs) and every test binary.
+echo "==> cargo build (tests)"
+cargo build --workspace --bins --example loadgen --quiet
+runner=test
+if cargo nextest --version >/dev/null 2>&1; then
+  runner=nextest
+  cargo nextest run --workspace --all-targets --no-run --cargo-quiet
+else
+  cargo test --workspace --no-run --quiet
+fi
+
+finish "$checks" "cfn-lint template.yaml, sam validate --lint" target/template-checks.log
+finish "$bootstraps" "cargo lambda build --release" target/lambda-build.log
 export BLUEHOOK_TEST_LAMBDA_DIR="$PWD/target/lambda"
 
 port="$("$venv/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-mkdir -p target
 "$venv/bin/moto_server" -H 127.0.0.1 -p "$port" >target/moto.log 2>&1 &
 moto_pid=$!
 trap 'kill "$moto_pid" 2>/dev/null || true' EXIT
@@ -52,10 +88,7 @@ PY
 echo "==> moto on 127.0.0.1:$port"
 
 export BLUEHOOK_TEST_AWS_ENDPOINT="http://127.0.0.1:$port"
-# The Lambda functions' binaries (run by tests/lambda_runtime.rs through a runtime API server)
-# and the load generator (run by tests/load.rs).
-cargo build --workspace --bins --example loadgen --quiet
-if cargo nextest --version >/dev/null 2>&1; then
+if [ "$runner" = nextest ]; then
   cargo nextest run --workspace --all-targets --no-fail-fast "$@"
 else
   cargo test --workspace --no-fail-fast "$@"

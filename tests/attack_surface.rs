@@ -117,7 +117,8 @@ fn hostile_requests_get_a_clear_4xx_and_nothing_is_queued() {
     );
     let mut answers = String::new();
     let port: u16 = dev.base_url.rsplit(':').next().unwrap().parse().unwrap();
-    let quick = Duration::from_secs(5);
+    // An answer ends the read at once; the bound only matters when none comes.
+    let quick = Duration::from_secs(60);
 
     // An old, correctly signed Standard Webhooks delivery (a replay).
     let key = standard_webhooks::decode_secret(SW_SECRET).unwrap();
@@ -264,7 +265,7 @@ fn hostile_requests_get_a_clear_4xx_and_nothing_is_queued() {
         head.extend_from_slice(SENDBLUE_SECRET.as_bytes());
         head.extend_from_slice(b"\r\ncontent-length: 400\r\n\r\n{\"a\":");
         let t = Instant::now();
-        let (status, text) = raw(port, &[&head], Duration::ZERO, Duration::from_secs(30));
+        let (status, text) = raw(port, &[&head], Duration::ZERO, Duration::from_secs(120));
         (status, error_code(&text), t.elapsed())
     });
     let slowloris = std::thread::spawn(move || {
@@ -277,7 +278,7 @@ fn hostile_requests_get_a_clear_4xx_and_nothing_is_queued() {
                 b"x-a: 1\r\n",
             ],
             Duration::from_millis(500),
-            Duration::from_secs(30),
+            Duration::from_secs(120),
         );
         (status, t.elapsed())
     });
@@ -300,8 +301,8 @@ fn hostile_requests_get_a_clear_4xx_and_nothing_is_queued() {
     assert_eq!(status, Some(408), "a body that stops coming");
     assert_eq!(code.as_deref(), Some("timeout"));
     assert!(
-        took < Duration::from_secs(25),
-        "answered after the read timeout: {took:?}"
+        took < Duration::from_secs(90),
+        "answered by the server's 10 s body deadline, not the client giving up: {took:?}"
     );
     let (status, took) = slowloris.join().unwrap();
     assert!(
@@ -309,8 +310,8 @@ fn hostile_requests_get_a_clear_4xx_and_nothing_is_queued() {
         "headers that never end: {status:?}"
     );
     assert!(
-        took < Duration::from_secs(25),
-        "closed after the header timeout: {took:?}"
+        took < Duration::from_secs(90),
+        "closed by the server's 10 s header deadline, not the client giving up: {took:?}"
     );
 
     // Still serving, and a genuine webhook goes through.
@@ -326,6 +327,7 @@ fn hostile_requests_get_a_clear_4xx_and_nothing_is_queued() {
     );
     assert_eq!(status, Some(200), "{text}");
 
+    common::wait_until_logged(dir.path());
     assert!(dev.interrupt().success());
     let s = stats(dir.path());
     assert_eq!(s["accepted"], 1, "only the genuine webhook: {s}");

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bluehook::local::event_log;
 use common::{stats, DevProcess};
@@ -43,18 +43,6 @@ async fn post(
     let status = r.status().as_u16();
     let v = r.json().await.unwrap_or(serde_json::Value::Null);
     Ok((status, v))
-}
-
-fn wait_until_drained(dir: &std::path::Path) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let s = stats(dir);
-        if s["queued"] == 0 {
-            return s;
-        }
-        assert!(Instant::now() < deadline, "queue never drained: {s}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -110,7 +98,7 @@ async fn acked_events_survive_kill_9_and_reach_every_destination_once() {
     assert!(acked.len() >= 450);
 
     let dev = DevProcess::start(dir.path(), &[]);
-    let s = wait_until_drained(dir.path());
+    let s = common::wait_until_drained(dir.path());
     // The event log (the router): every acked event, once.
     let logged = event_log::read_all(&dir.path().join("events.ndjson")).unwrap();
     let mut seen: HashMap<&str, usize> = HashMap::new();
@@ -239,6 +227,7 @@ async fn bad_input_over_http_is_refused_with_its_code_and_counted() {
         "a verified unknown shape is accepted"
     );
 
+    common::wait_until_drained(dir.path());
     assert!(dev.interrupt().success());
     let s = stats(dir.path());
     assert_eq!(s["rejected"]["unauthorized"], 2);
@@ -304,6 +293,7 @@ fn bluehook_send_posts_every_sendblue_sample_and_duplicates_are_answered() {
     assert!(!ok);
     assert!(out.contains("401"), "{out}");
 
+    common::wait_until_drained(dir.path());
     assert!(dev.interrupt().success());
     let log = event_log::read_all(&dir.path().join("events.ndjson")).unwrap();
     let kinds: Vec<&str> = log.iter().map(|e| e.kind.as_str()).collect();
@@ -432,18 +422,12 @@ fn wait_for(
     what: &str,
     cond: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let s = stats(dir);
-        if cond(&s) {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}: {s}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let mut last = serde_json::Value::Null;
+    common::wait_until(what, || {
+        last = stats(dir);
+        cond(&last)
+    });
+    last
 }
 
 #[tokio::test]

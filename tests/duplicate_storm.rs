@@ -8,7 +8,7 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bluehook::local::event_log;
 use common::{stats, DevProcess};
@@ -122,11 +122,7 @@ async fn ten_thousand_deliveries_with_thirty_percent_duplicates() {
         }
     }
     // Let the sinks catch up, then the late copies.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while stats(dir.path())["queued"] != 0 {
-        assert!(Instant::now() < deadline, "the pipeline never drained");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    common::wait_until_async("the pipeline to drain", || stats(dir.path())["queued"] == 0).await;
     for b in unique.iter().rev().take(late) {
         assert_eq!(
             deliver(&client, &url, &secret, b.clone()).await,

@@ -199,13 +199,19 @@ async fn a_transient_5xx_is_absorbed_by_the_sdk_retry() {
     common::leaks::assert_no_secret(SECRETS);
 }
 
+/// The claim lease of the scenarios that wait for one to run out.
+const LEASE: Duration = Duration::from_secs(15);
+
 #[tokio::test]
 async fn dynamodb_failing_the_complete_step_still_acks_and_a_retry_is_caught_downstream() {
-    let s = setup(5).await;
+    // The lease is long enough that the retry below comes inside it on any machine (the
+    // first delivery's failing complete step takes a few seconds of SDK retries).
+    let s = setup(LEASE.as_secs()).await;
     s.proxy
         .inject("DynamoDB_20120810.UpdateItem", Fault::Status(500), None);
-    let t0 = std::time::Instant::now();
     let first = handle(&s, post("fault-complete-fails")).await;
+    // The claim was made at the start of that delivery: its lease runs out before this + LEASE.
+    let claimed_by = std::time::Instant::now();
     assert_eq!(first.status, StatusCode::OK, "queued durably: still an ack");
     let id = answer(&first)["events"][0].as_str().unwrap().to_owned();
     s.proxy.clear();
@@ -216,7 +222,8 @@ async fn dynamodb_failing_the_complete_step_still_acks_and_a_retry_is_caught_dow
     assert_eq!(answer(&during)["error"], "in_progress");
     // ...after it, the retry is accepted again: a second copy with the same event id, which
     // the sinks' effect keys drop (see aws_sinks.rs).
-    tokio::time::sleep(Duration::from_millis(5200).saturating_sub(t0.elapsed())).await;
+    tokio::time::sleep((LEASE + Duration::from_millis(200)).saturating_sub(claimed_by.elapsed()))
+        .await;
     let after = handle(&s, post("fault-complete-fails")).await;
     assert_eq!(after.status, StatusCode::OK);
     let queued = ids(&common::drain_queue(&s.sqs, &s.queue_url).await);
@@ -247,15 +254,17 @@ async fn an_sqs_answer_cut_mid_response_is_a_503_and_the_retry_copy_has_the_same
 #[tokio::test]
 async fn a_slow_dynamodb_beyond_the_attempt_timeout_is_a_503_not_a_hang() {
     let s = setup(30).await;
+    // Every attempt would take a minute; the 2 s attempt timeout (three attempts) answers
+    // long before the first of them could.
     s.proxy.inject(
         "DynamoDB_20120810.PutItem",
-        Fault::Delay(Duration::from_secs(5)),
+        Fault::Delay(Duration::from_secs(60)),
         None,
     );
     let t = std::time::Instant::now();
     let r = handle(&s, post("fault-slow")).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(50), "{:?}", t.elapsed());
     s.proxy.clear();
     common::leaks::assert_no_secret(SECRETS);
 }
@@ -451,7 +460,8 @@ async fn a_function_killed_between_claim_and_enqueue_loses_nothing() {
     use common::runtime::{start_function, RuntimeApi};
     let s = setup(30).await;
     let config = format!(
-        "[ingress]\nclaim_lease_secs = 2\n\n[sources.sendblue]\nprovider = \"sendblue\"\nsecrets = [\"{SECRET}\"]\n"
+        "[ingress]\nclaim_lease_secs = {}\n\n[sources.sendblue]\nprovider = \"sendblue\"\nsecrets = [\"{SECRET}\"]\n",
+        LEASE.as_secs()
     );
     let env = |proxy: &str| {
         vec![
@@ -484,14 +494,12 @@ async fn a_function_killed_between_claim_and_enqueue_loses_nothing() {
         let (api, e) = (first_api.clone(), event("fault-kill"));
         tokio::spawn(async move { api.invoke(&e).await })
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !s.proxy.counts().contains_key("AmazonSQS.SendMessage") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the send never started"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::wait_until_async("the send to start", || {
+        s.proxy.counts().contains_key("AmazonSQS.SendMessage")
+    })
+    .await;
+    // The claim came before the send: its lease runs out before this + LEASE.
+    let claimed_by = std::time::Instant::now();
     // Claimed, the send under way: kill -9.
     assert_eq!(claims(&s).await.len(), 1, "the claim is held");
     doomed.kill().unwrap();
@@ -503,7 +511,8 @@ async fn a_function_killed_between_claim_and_enqueue_loses_nothing() {
     let mut fresh = start_function("ingress", &api, &env(&s.proxy.url));
     let during = api.invoke(&event("fault-kill")).await.unwrap();
     assert_eq!(during["statusCode"], 503, "the lease still holds: {during}");
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    tokio::time::sleep((LEASE + Duration::from_millis(200)).saturating_sub(claimed_by.elapsed()))
+        .await;
     let after = api.invoke(&event("fault-kill")).await.unwrap();
     assert_eq!(after["statusCode"], 200, "{after}");
     let _ = fresh.kill();

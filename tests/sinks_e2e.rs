@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::fake::{twilio_ok, FakeHttp};
 use common::{stats, DevProcess};
@@ -30,14 +30,6 @@ async fn post(client: &reqwest::Client, url: &str, body: String) -> serde_json::
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
     r.json().await.unwrap()
-}
-
-async fn wait_until(what: &str, cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -90,7 +82,7 @@ from = "+15550001111"
         )
         .await;
     }
-    wait_until("two CRM pushes", || crm.requests().len() == 2).await;
+    common::wait_until_async("two CRM pushes", || crm.requests().len() == 2).await;
 
     // h1 fails; its failure webhook arrives three times, and once more under another word,
     // without the content: the SMS takes it from the conversation state.
@@ -111,7 +103,7 @@ from = "+15550001111"
     // h2 is read.
     post(&client, &url, outbound("h2", "READ", "")).await;
 
-    wait_until("the pipeline to drain", || {
+    common::wait_until_async("the pipeline to drain", || {
         let s = stats(dir.path());
         s["queued"] == 0 && s["analytics"]["events"] == 5
     })

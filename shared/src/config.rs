@@ -229,6 +229,7 @@ pub trait SsmReader: Send + Sync {
     async fn get_secure(&self, name: &str) -> Result<String, String>;
 }
 
+#[cfg(feature = "aws")]
 #[async_trait::async_trait]
 impl SsmReader for aws_sdk_ssm::Client {
     async fn get_secure(&self, name: &str) -> Result<String, String> {

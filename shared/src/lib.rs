@@ -15,6 +15,7 @@ pub mod config;
 pub mod event;
 pub mod idempotency;
 pub mod ingress;
+#[cfg(feature = "lambda")]
 pub mod lambda;
 pub mod local;
 pub mod metrics;
@@ -22,6 +23,7 @@ pub mod objects;
 pub mod processing;
 pub mod provider;
 pub mod queue;
+#[cfg(feature = "aws")]
 pub mod replay;
 pub mod router;
 pub mod routing;

@@ -14,12 +14,14 @@ pub trait ObjectStore: Send + Sync {
     async fn put(&self, key: &str, body: Vec<u8>, content_type: &str) -> Result<(), ObjectError>;
 }
 
+#[cfg(feature = "lambda")]
 #[derive(Clone, Debug)]
 pub struct S3Store {
     client: aws_sdk_s3::Client,
     bucket: String,
 }
 
+#[cfg(feature = "lambda")]
 impl S3Store {
     pub fn new(client: aws_sdk_s3::Client, bucket: impl Into<String>) -> S3Store {
         S3Store {
@@ -29,6 +31,7 @@ impl S3Store {
     }
 }
 
+#[cfg(feature = "lambda")]
 #[async_trait]
 impl ObjectStore for S3Store {
     async fn put(&self, key: &str, body: Vec<u8>, content_type: &str) -> Result<(), ObjectError> {

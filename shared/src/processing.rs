@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+#[cfg(feature = "lambda")]
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use tokio::sync::watch;
 
@@ -31,6 +32,7 @@ pub trait Processor: Send + Sync {
     async fn process(&self, batch: Vec<Record>) -> Vec<String>;
 }
 
+#[cfg(feature = "lambda")]
 /// Records of an SQS event, as Lambda delivers them.
 pub fn records_from_sqs(event: SqsEvent) -> Vec<Record> {
     event
@@ -48,6 +50,7 @@ pub fn records_from_sqs(event: SqsEvent) -> Vec<Record> {
         .collect()
 }
 
+#[cfg(feature = "lambda")]
 /// The partial-batch answer naming the records to retry.
 pub fn sqs_batch_response(failed: Vec<String>) -> SqsBatchResponse {
     let mut response = SqsBatchResponse::default();
@@ -62,6 +65,7 @@ pub fn sqs_batch_response(failed: Vec<String>) -> SqsBatchResponse {
     response
 }
 
+#[cfg(feature = "lambda")]
 /// Runs a processor as a Lambda function handler body: SQS event in, partial batch answer out.
 pub async fn handle_sqs_event(processor: &dyn Processor, event: SqsEvent) -> SqsBatchResponse {
     let records = records_from_sqs(event);
@@ -197,7 +201,7 @@ pub async fn send_all(
     failed
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "lambda"))]
 mod tests {
     use super::*;
 

@@ -42,6 +42,53 @@ pub async fn aws_config(endpoint: &str) -> aws_config::SdkConfig {
         .await
 }
 
+/// How long a test waits for the pipeline to get somewhere before it fails. Generous on
+/// purpose: a slow or busy machine only makes a test wait longer, never fail. Tests assert
+/// outcomes (nothing lost, nothing doubled, the right answer); speed is for the benchmarks.
+pub const PATIENCE: Duration = Duration::from_secs(300);
+
+/// Polls `done` until it holds; fails naming `what` after [`PATIENCE`].
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gave up waiting for {what} after {PATIENCE:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// [`wait_until`] for async tests: polls without blocking the runtime.
+pub async fn wait_until_async(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gave up waiting for {what} after {PATIENCE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `bluehook stats --json` once every local queue is empty (nothing queued or in flight).
+pub fn wait_until_drained(data_dir: &Path) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    wait_until("the local queues to drain", || {
+        last = stats(data_dir);
+        last["queued"] == 0
+    });
+    last
+}
+
+/// Waits until the events queue is empty: every accepted event is in the event log (the
+/// sinks' queues may still hold work).
+pub fn wait_until_logged(data_dir: &Path) {
+    wait_until("the events queue to drain into the event log", || {
+        stats(data_dir)["queues"]["events"]["queued"] == 0
+    });
+}
+
 pub fn unique(prefix: &str) -> String {
     format!(
         "{prefix}-{}",

@@ -6,6 +6,7 @@
 //! ran out. Expiry is part of the condition itself, because stores delete expired items late
 //! (DynamoDB TTL) or never (moto). No adapter reads before it writes.
 
+#[cfg(feature = "lambda")]
 pub mod dynamodb;
 pub mod memory;
 pub mod sqlite;

@@ -123,12 +123,7 @@ pub async fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(&opts.data_dir)?;
     let db = Db::open(&db_path(&opts.data_dir))?;
 
-    let ssm = if needs_ssm(&config) {
-        let aws = aws_config::load_from_env().await;
-        Some(aws_sdk_ssm::Client::new(&aws))
-    } else {
-        None
-    };
+    let ssm = ssm_client(&config).await?;
     let sources = build_sources(&config, ssm.as_ref().map(|c| c as _)).await?;
     let metrics = Arc::new(SqliteCounters::new(db.clone()));
     let idempotency = SqliteIdempotency::new(db.clone());
@@ -282,6 +277,39 @@ pub async fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
     db.flush().await?;
     println!("bluehook dev stopped cleanly");
     Ok(())
+}
+
+/// An SSM client when the configuration has `ssm:` references.
+#[cfg(feature = "aws")]
+async fn ssm_client(config: &Config) -> anyhow::Result<Option<aws_sdk_ssm::Client>> {
+    if !needs_ssm(config) {
+        return Ok(None);
+    }
+    let aws = aws_config::load_from_env().await;
+    Ok(Some(aws_sdk_ssm::Client::new(&aws)))
+}
+
+/// Without the AWS SDK, an `ssm:` reference cannot be read: say how to get it.
+#[cfg(not(feature = "aws"))]
+async fn ssm_client(config: &Config) -> anyhow::Result<Option<NoSsm>> {
+    anyhow::ensure!(
+        !needs_ssm(config),
+        "the config has `ssm:` references, and this bluehook was built without the AWS SDK: \
+         build it with the `aws` feature (the default), e.g. `cargo run --profile cli --bin bluehook -- dev`"
+    );
+    Ok(None)
+}
+
+/// Stands in for the SSM client in a build without the AWS SDK; never constructed.
+#[cfg(not(feature = "aws"))]
+enum NoSsm {}
+
+#[cfg(not(feature = "aws"))]
+#[async_trait::async_trait]
+impl crate::config::SsmReader for NoSsm {
+    async fn get_secure(&self, _: &str) -> Result<String, String> {
+        match *self {}
+    }
 }
 
 fn print_banner(

@@ -3,6 +3,10 @@
 //! with the base64-decoded secret after `whsec_`. Any listed signature may match (rotation);
 //! timestamps beyond the tolerance (default 300 s) in the past or future are refused;
 //! `webhook-id` is the idempotency key.
+//!
+//! Senders built on Svix send the same scheme under `svix-id`, `svix-timestamp` and
+//! `svix-signature`; either family is accepted (the `webhook-*` one when both are present),
+//! and all three headers come from the same family.
 
 use base64::Engine;
 
@@ -39,6 +43,34 @@ pub fn sign(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
     format!("v1,{}", Encoding::Base64.encode(&mac))
 }
 
+/// The names of one family of the scheme's three headers.
+struct HeaderFamily {
+    id: &'static str,
+    timestamp: &'static str,
+    signature: &'static str,
+}
+
+const STANDARD: HeaderFamily = HeaderFamily {
+    id: "webhook-id",
+    timestamp: "webhook-timestamp",
+    signature: "webhook-signature",
+};
+
+const SVIX: HeaderFamily = HeaderFamily {
+    id: "svix-id",
+    timestamp: "svix-timestamp",
+    signature: "svix-signature",
+};
+
+/// The family a request is signed with: the one whose signature header it carries.
+fn family(headers: &http::HeaderMap) -> &'static HeaderFamily {
+    if !headers.contains_key(STANDARD.signature) && headers.contains_key(SVIX.signature) {
+        &SVIX
+    } else {
+        &STANDARD
+    }
+}
+
 impl StandardWebhooks {
     pub fn new(secrets: &[Secret], tolerance_secs: u64) -> Result<StandardWebhooks, String> {
         let keys = secrets
@@ -73,12 +105,13 @@ impl Provider for StandardWebhooks {
     }
 
     fn verify(&self, req: &WebhookRequest<'_>) -> Result<(), AuthError> {
-        let id = single_header(req.headers, "webhook-id")?;
-        let ts = match single_header(req.headers, "webhook-timestamp") {
+        let names = family(req.headers);
+        let id = single_header(req.headers, names.id)?;
+        let ts = match single_header(req.headers, names.timestamp) {
             Err(AuthError::MissingSignature) => return Err(AuthError::MissingTimestamp),
             other => other?,
         };
-        let signatures = single_header(req.headers, "webhook-signature")?;
+        let signatures = single_header(req.headers, names.signature)?;
         if self.keys.is_empty() {
             return Err(AuthError::NoSecrets);
         }
@@ -105,7 +138,10 @@ impl Provider for StandardWebhooks {
     }
 
     fn parse(&self, req: &WebhookRequest<'_>) -> Result<Parsed, ParseError> {
-        let id = req.headers.get("webhook-id").and_then(|v| v.to_str().ok());
+        let id = req
+            .headers
+            .get(family(req.headers).id)
+            .and_then(|v| v.to_str().ok());
         let ev = generic::parse_event(
             req,
             &Profile {
@@ -250,6 +286,43 @@ mod tests {
             Err(AuthError::NoSecrets)
         );
         assert!(StandardWebhooks::new(&[Secret::new("whsec_!!!")], 300).is_err());
+    }
+
+    #[test]
+    fn svix_headers_carry_the_same_scheme() {
+        let p = StandardWebhooks::new(&[Secret::new(SECRET)], 300).unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("svix-id", ID.parse().unwrap());
+        h.insert("svix-timestamp", TS.to_string().parse().unwrap());
+        h.insert("svix-signature", SIG.parse().unwrap());
+        assert_eq!(p.verify(&req(&h, BODY, TS)), Ok(()));
+        let Parsed::Events(evs) = p.parse(&req(&h, BODY, TS)).unwrap() else {
+            panic!()
+        };
+        assert_eq!(evs[0].idempotency_key, format!("sw:id:{ID}"));
+        // The three headers come from one family: beside svix headers, a webhook-id is not
+        // what was signed, and a svix-id that differs fails.
+        h.insert("webhook-id", "msg_other".parse().unwrap());
+        assert_eq!(p.verify(&req(&h, BODY, TS)), Ok(()));
+        let mut mixed = HeaderMap::new();
+        mixed.insert("svix-id", "msg_other".parse().unwrap());
+        mixed.insert("svix-timestamp", TS.to_string().parse().unwrap());
+        mixed.insert("svix-signature", SIG.parse().unwrap());
+        assert_eq!(
+            p.verify(&req(&mixed, BODY, TS)),
+            Err(AuthError::BadSignature)
+        );
+        // Both families present: the webhook-* one is verified.
+        let mut both = headers(ID, &TS.to_string(), SIG);
+        both.insert("svix-signature", "v1,AAAA".parse().unwrap());
+        assert_eq!(p.verify(&req(&both, BODY, TS)), Ok(()));
+        let mut missing = HeaderMap::new();
+        missing.insert("svix-id", ID.parse().unwrap());
+        missing.insert("svix-signature", SIG.parse().unwrap());
+        assert_eq!(
+            p.verify(&req(&missing, BODY, TS)),
+            Err(AuthError::MissingTimestamp)
+        );
     }
 
     #[test]

@@ -125,6 +125,20 @@ impl Twilio {
         Ok(Twilio::new(&secrets, public_url))
     }
 
+    /// The URL a sample posted to `posted` is signed for: Twilio signs the public URL whatever
+    /// path the request takes to reach us (a tunnel to localhost), so with a `public_url` it is
+    /// that URL plus what follows `/webhooks/<source>` in `posted` (a type segment, the query).
+    fn signed_url(&self, posted: &str) -> String {
+        let Some(public) = &self.public_url else {
+            return posted.to_owned();
+        };
+        let rest = posted.find("/webhooks/").map_or("", |i| {
+            let after = &posted[i + "/webhooks/".len()..];
+            &after[after.find(['/', '?']).unwrap_or(after.len())..]
+        });
+        format!("{public}{rest}")
+    }
+
     /// The URLs Twilio may have signed for this request.
     fn candidate_urls(&self, req: &WebhookRequest<'_>) -> Vec<String> {
         let mut path_and_query = match req.type_hint {
@@ -269,7 +283,10 @@ impl Provider for Twilio {
         Ok(SampleRequest {
             url: url.to_owned(),
             content_type: "application/x-www-form-urlencoded",
-            headers: vec![(SIGNATURE_HEADER.to_owned(), sign(key, url, &params))],
+            headers: vec![(
+                SIGNATURE_HEADER.to_owned(),
+                sign(key, &self.signed_url(url), &params),
+            )],
             body: body.into_bytes(),
         })
     }
@@ -548,6 +565,30 @@ mod tests {
             assert_eq!(e.contact_number.as_deref(), Some("+1666"));
             assert_eq!(e.error_code.as_deref(), Some("30003"));
         }
+    }
+
+    #[test]
+    fn samples_posted_through_a_tunnel_are_signed_for_the_public_url() {
+        let p = Twilio::new(
+            &[Secret::new("tok")],
+            Some("https://hooks.example.com/webhooks/twilio".into()),
+        );
+        let posted = "http://127.0.0.1:3000/webhooks/twilio/status?x=1";
+        let s = p
+            .sample("delivered", &SampleOptions::default(), posted)
+            .unwrap();
+        assert_eq!(s.url, posted, "posted where asked");
+        let mut h = HeaderMap::new();
+        h.insert(SIGNATURE_HEADER, s.headers[0].1.parse().unwrap());
+        h.insert(http::header::HOST, "127.0.0.1:3000".parse().unwrap());
+        assert_eq!(
+            p.verify(&req(&h, &s.body, Some("x=1"), Some("status"))),
+            Ok(())
+        );
+        assert_eq!(
+            p.signed_url("http://127.0.0.1:3000/webhooks/twilio"),
+            "https://hooks.example.com/webhooks/twilio"
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! receives). Delivery is at least once: consumers delete what they finished.
 
 pub mod sqlite;
+#[cfg(feature = "aws")]
 pub mod sqs;
 
 pub use sqlite::SqliteQueue;

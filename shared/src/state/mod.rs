@@ -116,6 +116,7 @@ impl<'a> Update<'a> {
     }
 }
 
+#[cfg(feature = "lambda")]
 pub mod dynamodb;
 pub mod sqlite;
 
