@@ -77,9 +77,13 @@ enum Command {
     /// Move dead-lettered messages back to their queue, to be processed again.
     Replay {
         /// The queue to refill from its dead-letter queue: locally events, crm, sms-fallback or
-        /// analytics; with --aws an SQS queue name or URL.
+        /// analytics; with --aws an SQS queue name or URL (with --destination: the deliveries
+        /// queue, the `DeliveriesQueueName` output).
+        #[arg(long, required_unless_present = "destination")]
+        queue: Option<String>,
+        /// A destination (`[destinations.<name>]`) whose dead-lettered deliveries to send again.
         #[arg(long)]
-        queue: String,
+        destination: Option<String>,
         /// Most messages to move.
         #[arg(long, default_value_t = u64::MAX, hide_default_value = true)]
         max: u64,
@@ -89,6 +93,11 @@ enum Command {
         #[arg(long, default_value = "./.bluehook")]
         data_dir: PathBuf,
     },
+    /// Show recent events, their routes and every delivery attempt (local data folder).
+    Events {
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
     /// Print the counters of a local data folder.
     Stats {
         #[arg(long, default_value = "./.bluehook")]
@@ -96,6 +105,37 @@ enum Command {
         /// One JSON object, for scripts.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum EventsCommand {
+    /// One event: its JSON, its routes and every delivery attempt.
+    Show {
+        /// The event id (`evt_...`).
+        id: String,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = "./.bluehook")]
+        data_dir: PathBuf,
+    },
+    /// Recent events with their delivery state, newest first.
+    List {
+        /// Only events from this source.
+        #[arg(long)]
+        source: Option<String>,
+        /// Only events routed to this destination.
+        #[arg(long)]
+        destination: Option<String>,
+        /// Only events with a delivery retrying or dead-lettered.
+        #[arg(long)]
+        failed: bool,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = "./.bluehook")]
+        data_dir: PathBuf,
     },
 }
 
@@ -154,12 +194,17 @@ async fn main() -> ExitCode {
         }
         Command::Replay {
             queue,
+            destination,
             max,
             aws,
             data_dir,
-        } => replay(&queue, max, aws, &data_dir)
-            .await
-            .map(|_| ExitCode::SUCCESS),
+        } => match (queue, destination) {
+            (queue, Some(name)) => replay_destination(&name, queue, max, aws, &data_dir).await,
+            (Some(queue), None) => replay(&queue, max, aws, &data_dir).await,
+            (None, None) => unreachable!("clap requires one"),
+        }
+        .map(|_| ExitCode::SUCCESS),
+        Command::Events { command } => events(command).await.map(|_| ExitCode::SUCCESS),
         Command::Stats { data_dir, json } => {
             stats(&data_dir, json).await.map(|_| ExitCode::SUCCESS)
         }
@@ -291,11 +336,157 @@ async fn replay_aws(queue: &str, max: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The dead-lettered deliveries to destination `name` on the deliveries queue `queue`.
+#[cfg(feature = "aws")]
+async fn replay_destination_aws(name: &str, queue: &str, max: u64) -> anyhow::Result<()> {
+    let conf = aws_config::load_from_env().await;
+    let moved =
+        bluehook::replay::replay_sqs_where(&aws_sdk_sqs::Client::new(&conf), queue, max, |body| {
+            serde_json::from_str::<bluehook::delivery::DeliveryMessage>(body)
+                .is_ok_and(|d| d.destination == name)
+        })
+        .await?;
+    println!("moved {moved} dead-lettered deliveries of `{name}` back to {queue}");
+    Ok(())
+}
+
+#[cfg(not(feature = "aws"))]
+async fn replay_destination_aws(_name: &str, queue: &str, max: u64) -> anyhow::Result<()> {
+    replay_aws(queue, max).await
+}
+
 #[cfg(not(feature = "aws"))]
 async fn replay_aws(_queue: &str, _max: u64) -> anyhow::Result<()> {
     anyhow::bail!(
         "this bluehook was built without the AWS SDK: build it with the `aws` feature (the default), e.g. `cargo build --profile cli --bin bluehook`"
     )
+}
+
+async fn replay_destination(
+    name: &str,
+    queue: Option<String>,
+    max: u64,
+    aws: bool,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    if aws {
+        let queue = queue.context(
+            "with --aws, --queue names the deliveries queue (the DeliveriesQueueName output)",
+        )?;
+        return replay_destination_aws(name, &queue, max).await;
+    }
+    anyhow::ensure!(
+        queue.is_none(),
+        "locally, --destination replays that destination's own queue: leave out --queue"
+    );
+    let db = open_data(data_dir)?;
+    let known = bluehook::delivery::local::known_destinations(&db).await?;
+    anyhow::ensure!(
+        known.iter().any(|k| k == name),
+        "no destination `{name}` in {} (known: {})",
+        data_dir.display(),
+        if known.is_empty() {
+            "none".to_owned()
+        } else {
+            known.join(", ")
+        }
+    );
+    let moved = bluehook::delivery::local::replay(&db, name, max).await?;
+    db.flush().await?;
+    println!("moved {moved} dead-lettered deliveries of `{name}` back to its queue");
+    Ok(())
+}
+
+async fn events(command: EventsCommand) -> anyhow::Result<()> {
+    use bluehook::delivery::local::{list_events, show_event, ListFilter};
+    match command {
+        EventsCommand::Show { id, json, data_dir } => {
+            let db = open_data(&data_dir)?;
+            let view = show_event(&db, &id)
+                .await?
+                .with_context(|| format!("no event `{id}` in {}", data_dir.display()))?;
+            if json {
+                println!("{}", serde_json::to_string(&view)?);
+                return Ok(());
+            }
+            let e = &view.event;
+            println!("event     {}", e["id"].as_str().unwrap_or(""));
+            println!(
+                "source    {} ({})",
+                e["source"].as_str().unwrap_or(""),
+                e["provider"].as_str().unwrap_or("")
+            );
+            println!("kind      {}", e["kind"].as_str().unwrap_or(""));
+            if let Some(status) = e["status"].as_str() {
+                println!("status    {status}");
+            }
+            println!("received  {}", e["received_at"].as_str().unwrap_or(""));
+            println!("routes    {}", view.routes.join(", "));
+            for (d, state) in &view.deliveries {
+                println!("  {d:<20} {state}");
+            }
+            if !view.attempts.is_empty() {
+                println!("attempts");
+                for a in &view.attempts {
+                    let outcome = match (a.status, &a.error) {
+                        (Some(s), _) => format!("HTTP {s}"),
+                        (None, Some(e)) => e.clone(),
+                        (None, None) => "-".to_owned(),
+                    };
+                    println!(
+                        "  {} {:<16} #{:<3} {:<12} {:>6} ms  -> {}",
+                        a.at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                        a.destination,
+                        a.attempt,
+                        outcome,
+                        a.duration_ms,
+                        a.state
+                    );
+                }
+            }
+            println!("json      {}", serde_json::to_string(&view.event)?);
+        }
+        EventsCommand::List {
+            source,
+            destination,
+            failed,
+            limit,
+            json,
+            data_dir,
+        } => {
+            let db = open_data(&data_dir)?;
+            let list = list_events(
+                &db,
+                ListFilter {
+                    source,
+                    destination,
+                    failed,
+                    limit,
+                },
+            )
+            .await?;
+            if json {
+                println!("{}", serde_json::to_string(&list)?);
+                return Ok(());
+            }
+            for e in &list {
+                let deliveries: Vec<String> = e
+                    .deliveries
+                    .iter()
+                    .map(|(d, s)| format!("{d}={s}"))
+                    .collect();
+                println!(
+                    "{}  {}  {:<14} {:<16} {}",
+                    e.received_at,
+                    e.id,
+                    e.source,
+                    e.kind,
+                    deliveries.join(" ")
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 fn open_data(data_dir: &std::path::Path) -> anyhow::Result<bluehook::sqlite::Db> {
@@ -316,9 +507,12 @@ async fn stats(data_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
         analytics::summarise(&analytics::read_archive(&archive))
     })
     .await?;
+    let names = bluehook::delivery::local::known_destinations(&db).await?;
+    let destinations = bluehook::delivery::local::destination_stats(&db, names).await?;
     if json {
         let mut v = serde_json::to_value(&stats)?;
         v["analytics"] = serde_json::to_value(&summary)?;
+        v["destinations"] = serde_json::to_value(&destinations)?;
         println!("{v}");
         return Ok(());
     }
@@ -347,6 +541,12 @@ async fn stats(data_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
     }
     for (d, n) in &stats.skipped {
         println!("  skipped {d:<14} {n}  (sink not configured)");
+    }
+    for (d, s) in &destinations {
+        println!(
+            "  destination {d:<12} delivered {:<6} retrying {:<4} queued {:<4} dead-lettered {:<4} attempts {}",
+            s.delivered, s.retrying, s.queued, s.dead_lettered, s.attempts
+        );
     }
     let pct = |r: Option<f64>| r.map_or("-".to_owned(), |r| format!("{:.1}%", r * 100.0));
     println!("analytics      {} events archived", summary.events);

@@ -1,18 +1,24 @@
 #!/usr/bin/env bash
 # Load benchmark of `bluehook dev` as shipped (durable: WAL + synchronous=FULL), on loopback.
-# Starts a release build on a fresh data folder, runs the load generator at the maximum and at
+# Starts an optimised build on a fresh data folder, runs the load generator at the maximum and at
 # fixed rates, then checks that every accepted event reached the event log exactly once.
 #   scripts/bench-dev.sh [seconds per run, default 10] [connections, default 64]
 # With SINKS=off it serves a config with the sendblue source only (ingress, router and event
-# log, no sinks): the ingress path alone.
+# log, no sinks): the ingress path alone. PROFILE=release benchmarks the bootstraps' profile
+# instead of `cli`, the command line's (the README's run command); FEATURES=none builds the
+# command line as the README's quick start does (`--no-default-features`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-10}"
 conns="${2:-64}"
+profile="${PROFILE:-cli}"
+features=()
+if [ "${FEATURES:-default}" = none ]; then features=(--no-default-features); fi
 
-cargo build --release --quiet --bin bluehook --example loadgen
-bin=target/release/bluehook
-loadgen=target/release/examples/loadgen
+cargo build --profile "$profile" --quiet --bin bluehook "${features[@]}"
+cargo build --profile "$profile" --quiet --example loadgen
+bin="target/$profile/bluehook"
+loadgen="target/$profile/examples/loadgen"
 data="$(mktemp -d)"
 port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 config=()
@@ -27,7 +33,7 @@ for _ in $(seq 100); do grep -q "listening" "$data/dev.out" 2>/dev/null && break
 url="http://127.0.0.1:$port/webhooks/sendblue/outbound"
 if [ "${SINKS:-on}" = off ]; then secret=bench-secret-0123456789; else secret="$(cat "$data/dev-secret")"; fi
 
-echo "machine: $(nproc) cores, $(uname -m); run: ${secs}s each, ${conns} connections; sinks ${SINKS:-on}"
+echo "machine: $(nproc) cores, $(uname -m); profile $profile; run: ${secs}s each, ${conns} connections; sinks ${SINKS:-on}"
 accepted=0
 # Fixed rates first: the maximum leaves a backlog for the sinks that would slow what follows.
 for rate in 500 2000 max; do

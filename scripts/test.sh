@@ -4,7 +4,8 @@
 # function's bootstrap with `cargo lambda build --release` and the test binaries, starts moto on
 # a free loopback port, runs every test of the workspace, and stops moto.
 # Extra arguments go to the test runner (e.g. a test name filter).
-# `scripts/test.sh --install-only` only makes the venv (CI does that beside its lints).
+# `scripts/test.sh --install-only` only makes the venv; `--prepare` makes it and builds the
+# bootstraps (CI starts that beside its lints; the run after it finds them built).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +22,19 @@ if [ "${1:-}" = "--install-only" ]; then
 fi
 export PATH="$(cd "$venv" && pwd)/bin:$PATH"
 mkdir -p target
+
+# Every function's deployable bootstrap (x86_64; arm64 too when the target is installed).
+functions=(-p ingress -p router -p crm-sync -p sms-fallback -p analytics -p deliver)
+build_bootstraps() {
+  cargo lambda build --release "${functions[@]}" --lambda-dir target/lambda
+  if rustup target list --installed 2>/dev/null | grep -q '^aarch64-unknown-linux-gnu$'; then
+    cargo lambda build --release --arm64 "${functions[@]}" --lambda-dir target/lambda-arm64
+  fi
+}
+if [ "${1:-}" = "--prepare" ]; then
+  build_bootstraps
+  exit 0
+fi
 
 # Waits for a background step; on failure prints its log and stops.
 finish() {
@@ -40,16 +54,9 @@ finish() {
 ) >target/template-checks.log 2>&1 &
 checks=$!
 
-# Every function's deployable bootstrap (x86_64; arm64 too when the target is installed), built
-# while the test binaries build: the bootstraps' link-time optimisation runs on one core for
-# minutes, and the test build uses the other.
-functions=(-p ingress -p router -p crm-sync -p sms-fallback -p analytics)
-(
-  cargo lambda build --release "${functions[@]}" --lambda-dir target/lambda
-  if rustup target list --installed 2>/dev/null | grep -q '^aarch64-unknown-linux-gnu$'; then
-    cargo lambda build --release --arm64 "${functions[@]}" --lambda-dir target/lambda-arm64
-  fi
-) >target/lambda-build.log 2>&1 &
+# The bootstraps build while the test binaries build: their link-time optimisation runs on one
+# core for minutes, and the test build uses the other. (Already built: a quick check.)
+build_bootstraps >target/lambda-build.log 2>&1 &
 bootstraps=$!
 echo "==> cargo lambda build --release (in the background, log: target/lambda-build.log)"
 

@@ -397,6 +397,7 @@ async fn the_built_bootstraps_handle_every_fixture_with_the_templates_environmen
     // The fixtures' configuration, with the sinks pointed at fakes of the CRM and Twilio.
     let crm = FakeHttp::start(|_, _| (200, "{}".into())).await;
     let twilio = FakeHttp::start(twilio_ok).await;
+    let hook = FakeHttp::start(|_, _| (200, "{}".into())).await;
     let mut config: toml::Table = toml::from_str(
         &std::fs::read_to_string(Path::new(ROOT).join("tests/fixtures/bluehook.toml")).unwrap(),
     )
@@ -405,6 +406,9 @@ async fn the_built_bootstraps_handle_every_fixture_with_the_templates_environmen
     let sinks = config["sinks"].as_table_mut().unwrap();
     sinks["crm"].as_table_mut().unwrap()["url"] = format!("{}/crm", crm.url).into();
     sinks["sms_fallback"].as_table_mut().unwrap()["base_url"] = twilio.url.clone().into();
+    config["destinations"].as_table_mut().unwrap()["hook"]
+        .as_table_mut()
+        .unwrap()["url"] = format!("{}/hooks/fixtures", hook.url).into();
     let d = deploy_referenced_resources(&t, &conf, &toml::to_string(&config).unwrap()).await;
     let sqs = aws_sdk_sqs::Client::new(&conf);
     let mut kill = Kill(Vec::new());
@@ -452,6 +456,25 @@ async fn the_built_bootstraps_handle_every_fixture_with_the_templates_environmen
         assert!(!routed.is_empty(), "the router sent nothing to {q}");
         println!("{q}: {} events routed", routed.len());
     }
+    // Deliver: each (event, destination) message the router queued, delivered once.
+    let deliveries = common::drain_queue(&sqs, &d.queue_urls["DeliveriesQueue"]).await;
+    assert!(!deliveries.is_empty(), "the router queued no delivery");
+    let deliver = start(by_crate("functions/deliver"), &d, &endpoint, &mut kill).await;
+    for (i, body) in deliveries.iter().enumerate() {
+        let event = serde_json::json!({"Records": [{
+            "messageId": format!("d{i}"), "receiptHandle": format!("r{i}"), "body": body,
+            "attributes": {"ApproximateReceiveCount": "1"}, "messageAttributes": {},
+            "eventSource": "aws:sqs", "awsRegion": "us-east-1",
+            "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:deliveries"}]});
+        assert_no_batch_failures(&format!("deliver #{i}"), deliver.invoke(&event).await);
+    }
+    let delivered = hook.requests();
+    assert_eq!(delivered.len(), deliveries.len(), "each delivery once");
+    for c in &delivered {
+        assert!(c.headers["webhook-id"].starts_with("evt_"));
+        assert!(c.headers.contains_key("webhook-signature"));
+    }
+    common::leaks::record("functions/deliver", &deliver.posted());
 
     // Sinks: every SQS fixture handled without failures.
     for dir in [

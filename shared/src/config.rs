@@ -95,6 +95,9 @@ pub struct Config {
     pub routes: Vec<toml::Value>,
     #[serde(default)]
     pub sinks: BTreeMap<String, toml::Value>,
+    /// `[destinations.<name>]`: the user's own endpoints, read by the delivery stage.
+    #[serde(default)]
+    pub destinations: BTreeMap<String, toml::Value>,
 }
 
 impl Config {
@@ -289,15 +292,21 @@ pub async fn resolve_secrets(
     Ok(out)
 }
 
-/// True when any source refers to SSM, so callers build an SSM client only when needed.
+/// True when a string anywhere in `v` (nested tables included) is an `ssm:` reference.
+fn refers_to_ssm(v: &toml::Value) -> bool {
+    match v {
+        toml::Value::String(s) => s.starts_with("ssm:"),
+        toml::Value::Table(t) => t.values().any(refers_to_ssm),
+        toml::Value::Array(a) => a.iter().any(refers_to_ssm),
+        _ => false,
+    }
+}
+
+/// True when any source, sink or destination refers to SSM, so callers build an SSM client
+/// only when needed.
 pub fn needs_ssm(config: &Config) -> bool {
-    let in_sinks = config.sinks.values().any(|v| {
-        v.as_table().is_some_and(|t| {
-            t.values()
-                .any(|v| v.as_str().is_some_and(|s| s.starts_with("ssm:")))
-        })
-    });
-    in_sinks
+    config.sinks.values().any(refers_to_ssm)
+        || config.destinations.values().any(refers_to_ssm)
         || config
             .sources
             .values()

@@ -167,6 +167,9 @@ pub struct Event {
     /// The request body exactly as received (the bytes that were verified), unknown fields
     /// and all.
     pub raw_body: String,
+    /// The request's Content-Type, as the provider sent it (what a `raw` destination gets).
+    #[serde(default)]
+    pub raw_content_type: Option<String>,
 }
 
 impl Event {
@@ -207,6 +210,7 @@ impl Event {
             occurred_at: None,
             received_at: truncate_to_millis(received_at),
             raw_body,
+            raw_content_type: None,
         }
     }
 

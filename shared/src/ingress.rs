@@ -323,7 +323,17 @@ impl Ingress {
             );
         }
         let events = match provider.parse(&wreq) {
-            Ok(Parsed::Events(events)) => events,
+            Ok(Parsed::Events(mut events)) => {
+                let content_type = wreq
+                    .headers
+                    .get(http::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                for e in &mut events {
+                    e.raw_content_type.clone_from(&content_type);
+                }
+                events
+            }
             Ok(Parsed::Ping) => {
                 tracing::info!(source, "registration ping answered; nothing queued");
                 return self.ping_answer();

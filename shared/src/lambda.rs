@@ -31,6 +31,9 @@ pub const ENV_ANALYTICS_QUEUE_URL: &str = "BLUEHOOK_ANALYTICS_QUEUE_URL";
 pub const ENV_ANALYTICS_BUCKET: &str = "BLUEHOOK_ANALYTICS_BUCKET";
 pub const ENV_STATE_TABLE: &str = "BLUEHOOK_STATE_TABLE";
 pub const ENV_S3_PATH_STYLE: &str = "BLUEHOOK_S3_PATH_STYLE";
+/// The deliveries queue (one message per event and destination) and its dead-letter queue.
+pub const ENV_DELIVERIES_QUEUE_URL: &str = "BLUEHOOK_DELIVERIES_QUEUE_URL";
+pub const ENV_DELIVERIES_DLQ_URL: &str = "BLUEHOOK_DELIVERIES_DLQ_URL";
 
 /// The environment variable holding the queue URL of a destination.
 pub fn destination_queue_env(d: Destination) -> &'static str {
@@ -88,7 +91,8 @@ pub async fn ingress_from_env() -> anyhow::Result<Ingress> {
 pub async fn router_from_env() -> anyhow::Result<Router> {
     let aws = aws_config::load_from_env().await;
     let config = load_config(&aws_sdk_ssm::Client::new(&aws)).await?;
-    let routes = Routes::from_config(&config.routes)?;
+    let names: Vec<String> = config.destinations.keys().cloned().collect();
+    let routes = Routes::from_config_with(&config.routes, &names)?;
     let sqs = aws_sdk_sqs::Client::new(&aws);
     let mut queues: BTreeMap<Destination, Arc<dyn Queue>> = BTreeMap::new();
     for d in Destination::ALL {
@@ -97,7 +101,15 @@ pub async fn router_from_env() -> anyhow::Result<Router> {
             queues.insert(d, Arc::new(SqsQueue::new(sqs.clone(), url)));
         }
     }
-    Ok(Router::new(routes, queues, Arc::new(LogMetrics)))
+    // Every destination shares the deliveries queue; each message names its destination.
+    let mut endpoints: BTreeMap<String, Arc<dyn Queue>> = BTreeMap::new();
+    if let Ok(url) = std::env::var(ENV_DELIVERIES_QUEUE_URL) {
+        let deliveries: Arc<dyn Queue> = Arc::new(SqsQueue::new(sqs.clone(), url));
+        for name in names {
+            endpoints.insert(name, deliveries.clone());
+        }
+    }
+    Ok(Router::new(routes, queues, Arc::new(LogMetrics)).with_endpoints(endpoints))
 }
 
 /// Builds the analytics sink from the environment: the archive bucket, EMF metrics on.
@@ -191,6 +203,32 @@ pub async fn sms_fallback_from_env() -> anyhow::Result<SmsFallback> {
         )),
         sender,
         Arc::new(LogMetrics),
+    ))
+}
+
+/// Builds the deliver function from the environment: every `[destinations.*]` (secrets from
+/// SSM), effect keys in the idempotency table, the deliveries queue and its dead-letter queue.
+pub async fn deliver_from_env() -> anyhow::Result<crate::delivery::sqs::SqsDeliveries> {
+    let aws = aws_config::load_from_env().await;
+    let ssm = aws_sdk_ssm::Client::new(&aws);
+    let config = load_config(&ssm).await?;
+    let destinations = crate::destinations::from_config(&config.destinations, Some(&ssm)).await?;
+    let effects: Arc<dyn crate::idempotency::IdempotencyStore> = Arc::new(DynamoIdempotency::new(
+        aws_sdk_dynamodb::Client::new(&aws),
+        required_env(ENV_IDEMPOTENCY_TABLE)?,
+    ));
+    let log: Arc<dyn crate::delivery::AttemptLog> = Arc::new(crate::delivery::sqs::EmfAttempts);
+    let deliverers = destinations
+        .into_values()
+        .map(|d| {
+            crate::delivery::Deliverer::new(d, effects.clone(), log.clone(), Arc::new(LogMetrics))
+        })
+        .collect();
+    Ok(crate::delivery::sqs::SqsDeliveries::new(
+        deliverers,
+        aws_sdk_sqs::Client::new(&aws),
+        required_env(ENV_DELIVERIES_QUEUE_URL)?,
+        required_env(ENV_DELIVERIES_DLQ_URL)?,
     ))
 }
 

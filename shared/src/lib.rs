@@ -12,6 +12,8 @@
 
 pub mod analytics;
 pub mod config;
+pub mod delivery;
+pub mod destinations;
 pub mod event;
 pub mod idempotency;
 pub mod ingress;

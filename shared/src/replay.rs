@@ -13,6 +13,17 @@ pub async fn replay_sqs(
     queue: &str,
     max: u64,
 ) -> anyhow::Result<u64> {
+    replay_sqs_where(client, queue, max, |_| true).await
+}
+
+/// Like [`replay_sqs`], moving only the messages whose body `wanted` accepts; the others stay
+/// in the dead-letter queue (visible again at once).
+pub async fn replay_sqs_where(
+    client: &aws_sdk_sqs::Client,
+    queue: &str,
+    max: u64,
+    wanted: impl Fn(&str) -> bool,
+) -> anyhow::Result<u64> {
     let url = if queue.starts_with("https://") || queue.starts_with("http://") {
         queue.to_owned()
     } else {
@@ -53,6 +64,7 @@ pub async fn replay_sqs(
         .unwrap_or_default();
 
     let mut moved = 0u64;
+    let mut skipped: Vec<String> = Vec::new();
     while moved < max {
         let want = (max - moved).min(10) as i32;
         let got = client
@@ -66,9 +78,17 @@ pub async fn replay_sqs(
             .map_err(|e| {
                 anyhow::anyhow!("receive from `{dlq_name}`: {}", DisplayErrorContext(e))
             })?;
-        let messages = got.messages.unwrap_or_default();
-        if messages.is_empty() {
+        let (messages, others): (Vec<_>, Vec<_>) = got
+            .messages
+            .unwrap_or_default()
+            .into_iter()
+            .partition(|m| wanted(m.body.as_deref().unwrap_or_default()));
+        if messages.is_empty() && others.is_empty() {
             break;
+        }
+        skipped.extend(others.into_iter().filter_map(|m| m.receipt_handle));
+        if messages.is_empty() {
+            continue;
         }
         let entries = messages
             .iter()
@@ -110,6 +130,16 @@ pub async fn replay_sqs(
             );
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // What was looked at and left: visible again now, not after the receive's 60 s.
+    for handle in skipped {
+        let _ = client
+            .change_message_visibility()
+            .queue_url(&dlq_url)
+            .receipt_handle(handle)
+            .visibility_timeout(0)
+            .send()
+            .await;
     }
     Ok(moved)
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::delivery::DeliveryMessage;
 use crate::event::Event;
 use crate::metrics::Metrics;
 use crate::processing::{send_all, Processor, Record};
@@ -17,6 +18,8 @@ use crate::routing::{Destination, Routes};
 pub struct Router {
     routes: Routes,
     queues: BTreeMap<Destination, Arc<dyn Queue>>,
+    /// The deliveries queue of each named destination (locally one each, on AWS one shared).
+    endpoints: BTreeMap<String, Arc<dyn Queue>>,
     metrics: Arc<dyn Metrics>,
 }
 
@@ -30,8 +33,21 @@ impl Router {
         Router {
             routes,
             queues,
+            endpoints: BTreeMap::new(),
             metrics,
         }
+    }
+
+    /// Delivers to named destinations through `endpoints` (name to its deliveries queue); an
+    /// event routed to a name without a queue is counted as skipped.
+    pub fn with_endpoints(mut self, endpoints: BTreeMap<String, Arc<dyn Queue>>) -> Router {
+        self.endpoints = endpoints;
+        self
+    }
+
+    /// Every sink and destination `e` is routed to.
+    pub fn targets(&self, e: &Event) -> Vec<String> {
+        self.routes.targets(e)
     }
 
     /// Parses a batch: the events, and the ids of records that are not events.
@@ -76,13 +92,41 @@ impl Processor for Router {
                 }
             }
         }
-        let sends = per_destination.iter().map(|(d, items)| async move {
-            let failed = send_all(self.queues[d].as_ref(), items).await;
-            (*d, items.len(), failed)
-        });
-        for (d, sent, f) in futures_util::future::join_all(sends).await {
+        let mut per_endpoint: BTreeMap<&str, Vec<(String, OutgoingMessage)>> = BTreeMap::new();
+        for (record, event) in &events {
+            for name in self.routes.endpoints(event) {
+                let Some((name, _)) = self.endpoints.get_key_value(&name) else {
+                    self.metrics.incr(&format!("skipped.{name}"), 1);
+                    continue;
+                };
+                let message = DeliveryMessage {
+                    destination: name.clone(),
+                    event: event.clone(),
+                };
+                per_endpoint.entry(name).or_default().push((
+                    record.id.clone(),
+                    OutgoingMessage {
+                        id: event.id.clone(),
+                        body: message.to_json(),
+                    },
+                ));
+            }
+        }
+        let sends = per_destination
+            .iter()
+            .map(|(d, items)| (d.as_str(), self.queues[d].as_ref(), items))
+            .chain(
+                per_endpoint
+                    .iter()
+                    .map(|(n, items)| (*n, self.endpoints[*n].as_ref(), items)),
+            )
+            .map(|(name, queue, items)| async move {
+                let failed = send_all(queue, items).await;
+                (name, items.len(), failed)
+            });
+        for (name, sent, f) in futures_util::future::join_all(sends).await {
             self.metrics
-                .incr(&format!("routed.{}", d.as_str()), (sent - f.len()) as u64);
+                .incr(&format!("routed.{name}"), (sent - f.len()) as u64);
             failed.extend(f);
         }
         failed.sort_unstable();

@@ -91,6 +91,8 @@ pub struct Rule {
     pub service: Vec<Service>,
     pub direction: Vec<Direction>,
     pub to: Vec<Destination>,
+    /// Named `[destinations.*]` (the user's endpoints).
+    pub endpoints: Vec<String>,
 }
 
 fn any_of<T: PartialEq>(wanted: &[T], got: Option<&T>) -> bool {
@@ -163,6 +165,15 @@ impl Routes {
 
     /// Reads `[[routes]]`; none at all means the defaults.
     pub fn from_config(values: &[toml::Value]) -> Result<Routes, ConfigError> {
+        Routes::from_config_with(values, &[])
+    }
+
+    /// Reads `[[routes]]`, where `to` may also name one of `destinations` (the configured
+    /// `[destinations.*]`); a name that is neither a sink nor one of them is an error.
+    pub fn from_config_with(
+        values: &[toml::Value],
+        destinations: &[String],
+    ) -> Result<Routes, ConfigError> {
         if values.is_empty() {
             return Ok(Routes::defaults());
         }
@@ -173,16 +184,21 @@ impl Routes {
                 .try_into()
                 .map_err(|e| ConfigError::Invalid(format!("routes[{i}]: {e}")))?;
             let w = raw.when;
-            let to = raw
-                .to
-                .into_vec()
-                .iter()
-                .map(|d| {
-                    Destination::parse(d).ok_or_else(|| {
-                        ConfigError::Invalid(format!("routes[{i}].to: unknown destination `{d}` (known: crm, sms_fallback, analytics)"))
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+            let (mut to, mut endpoints) = (Vec::new(), Vec::new());
+            for d in raw.to.into_vec() {
+                if let Some(sink) = Destination::parse(&d) {
+                    to.push(sink);
+                } else if destinations.contains(&d) {
+                    endpoints.push(d);
+                } else {
+                    let mut known = vec!["crm", "sms_fallback", "analytics"];
+                    known.extend(destinations.iter().map(String::as_str));
+                    return Err(ConfigError::Invalid(format!(
+                        "routes[{i}].to: unknown destination `{d}` (known: {}; a destination of your own needs a [destinations.{d}] section)",
+                        known.join(", ")
+                    )));
+                }
+            }
             rules.push(Rule {
                 source: w.source.map(OneOrMany::into_vec).unwrap_or_default(),
                 provider: w.provider.map(OneOrMany::into_vec).unwrap_or_default(),
@@ -197,6 +213,7 @@ impl Routes {
                     serde_word(&s.to_ascii_lowercase())
                 })?,
                 to,
+                endpoints,
             });
         }
         Ok(Routes { rules })
@@ -209,6 +226,42 @@ impl Routes {
             .iter()
             .filter(|r| r.matches(e))
             .flat_map(|r| r.to.iter().copied())
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// The named destinations `e` goes to, sorted.
+    pub fn endpoints(&self, e: &Event) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .rules
+            .iter()
+            .filter(|r| r.matches(e))
+            .flat_map(|r| r.endpoints.iter().cloned())
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// Every name `e` is routed to: sinks, then destinations.
+    pub fn targets(&self, e: &Event) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .destinations(e)
+            .into_iter()
+            .map(|d| d.as_str().to_owned())
+            .collect();
+        out.extend(self.endpoints(e));
+        out
+    }
+
+    /// Every named destination some rule routes to.
+    pub fn named(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .rules
+            .iter()
+            .flat_map(|r| r.endpoints.iter().cloned())
             .collect();
         out.sort_unstable();
         out.dedup();
@@ -337,6 +390,39 @@ to = ["analytics"]
         assert_eq!(
             r.destinations(&inbound),
             vec![Destination::Crm, Destination::Analytics]
+        );
+    }
+
+    #[test]
+    fn routes_address_named_destinations_and_refuse_undefined_ones() {
+        let c = Config::from_toml(
+            r#"
+[[routes]]
+when = { kind = "message.received" }
+to = ["bot", "crm"]
+
+[[routes]]
+to = "analytics"
+"#,
+        )
+        .unwrap();
+        let r = Routes::from_config_with(&c.routes, &["bot".into(), "desk".into()]).unwrap();
+        let inbound = event(
+            EventKind::MessageReceived,
+            Some(MessageStatus::Received),
+            None,
+            Some(Direction::Inbound),
+        );
+        assert_eq!(r.endpoints(&inbound), vec!["bot".to_owned()]);
+        assert_eq!(r.targets(&inbound), vec!["crm", "analytics", "bot"]);
+        assert!(r
+            .endpoints(&event(EventKind::Typing, None, None, None))
+            .is_empty());
+        assert_eq!(r.named(), vec!["bot".to_owned()]);
+        let e = Routes::from_config(&c.routes).unwrap_err().to_string();
+        assert!(
+            e.contains("`bot`") && e.contains("[destinations.bot]"),
+            "{e}"
         );
     }
 

@@ -116,6 +116,31 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_key ON outbox(sink, key);
 
+-- Every delivery attempt to a destination (bluehook events, stats).
+CREATE TABLE IF NOT EXISTS delivery_attempts (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    at_ms INTEGER NOT NULL,
+    status INTEGER,                 -- the HTTP status, when there was an answer
+    error TEXT,                     -- timeout | connect | reset, when there was none
+    duration_ms INTEGER NOT NULL,
+    state TEXT NOT NULL             -- delivered | retrying | dead_lettered, after this attempt
+);
+CREATE INDEX IF NOT EXISTS delivery_attempts_event ON delivery_attempts(event_id);
+
+-- Every routed event with its routes (bluehook events).
+CREATE TABLE IF NOT EXISTS events_index (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    source TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    received_at_ms INTEGER NOT NULL,
+    routes TEXT NOT NULL,           -- comma-separated sinks and destinations
+    event TEXT NOT NULL
+);
+
 CREATE TABLE IF NOT EXISTS counters (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL

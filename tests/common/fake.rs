@@ -17,6 +17,9 @@ pub struct Captured {
     pub path: String,
     pub headers: HashMap<String, String>,
     pub body: String,
+    /// The raw bytes of the body.
+    pub bytes: Vec<u8>,
+    pub at: std::time::Instant,
 }
 
 impl Captured {
@@ -30,7 +33,26 @@ impl Captured {
     }
 }
 
-type Responder = dyn Fn(&Captured, usize) -> (u16, String) + Send + Sync;
+/// An answer with more than a status and a body.
+#[derive(Debug, Clone, Default)]
+pub struct Reply {
+    pub status: u16,
+    pub body: String,
+    pub headers: Vec<(&'static str, String)>,
+    /// Waits this long before answering.
+    pub delay: std::time::Duration,
+}
+
+impl Reply {
+    pub fn status(status: u16) -> Reply {
+        Reply {
+            status,
+            ..Reply::default()
+        }
+    }
+}
+
+type Responder = dyn Fn(&Captured, usize) -> Reply + Send + Sync;
 
 pub struct FakeHttp {
     pub url: String,
@@ -42,6 +64,21 @@ impl FakeHttp {
     /// Serves on a free loopback port; `respond` gets each request and how many came before.
     pub async fn start(
         respond: impl Fn(&Captured, usize) -> (u16, String) + Send + Sync + 'static,
+    ) -> FakeHttp {
+        FakeHttp::start_replies(move |c, n| {
+            let (status, body) = respond(c, n);
+            Reply {
+                status,
+                body,
+                ..Reply::default()
+            }
+        })
+        .await
+    }
+
+    /// Like [`FakeHttp::start`], answering with headers and delays.
+    pub async fn start_replies(
+        respond: impl Fn(&Captured, usize) -> Reply + Send + Sync + 'static,
     ) -> FakeHttp {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
@@ -75,17 +112,25 @@ impl FakeHttp {
                                     })
                                     .collect(),
                                 body: String::from_utf8_lossy(&body).into_owned(),
+                                bytes: body.to_vec(),
+                                at: std::time::Instant::now(),
                             };
                             let n = {
                                 let mut r = reqs.lock().unwrap();
                                 r.push(captured.clone());
                                 r.len() - 1
                             };
-                            let (status, body) = respond(&captured, n);
-                            let mut resp = hyper::Response::new(Full::new(Bytes::from(body)));
-                            *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                            let reply = respond(&captured, n);
+                            if !reply.delay.is_zero() {
+                                tokio::time::sleep(reply.delay).await;
+                            }
+                            let mut resp = hyper::Response::new(Full::new(Bytes::from(reply.body)));
+                            *resp.status_mut() = hyper::StatusCode::from_u16(reply.status).unwrap();
                             resp.headers_mut()
                                 .insert("content-type", "application/json".parse().unwrap());
+                            for (k, v) in reply.headers {
+                                resp.headers_mut().insert(k, v.parse().unwrap());
+                            }
                             Ok::<_, std::convert::Infallible>(resp)
                         }
                     });
@@ -104,6 +149,11 @@ impl FakeHttp {
 
     pub fn requests(&self) -> Vec<Captured> {
         self.requests.lock().unwrap().clone()
+    }
+
+    /// When each request arrived, in order.
+    pub fn arrivals(&self) -> Vec<std::time::Instant> {
+        self.requests.lock().unwrap().iter().map(|c| c.at).collect()
     }
 }
 

@@ -117,5 +117,21 @@ pub fn config_secrets(config: &toml::Table) -> Vec<String> {
             }
         }
     }
+    // Destinations: the signing secret and every header value.
+    if let Some(destinations) = config.get("destinations").and_then(|d| d.as_table()) {
+        for d in destinations.values() {
+            if let Some(v) = d.get("secret").and_then(|v| v.as_str()) {
+                secrets.push(v.to_owned());
+            }
+            if let Some(headers) = d.get("headers").and_then(|h| h.as_table()) {
+                secrets.extend(
+                    headers
+                        .values()
+                        .filter_map(|v| v.as_str())
+                        .map(str::to_owned),
+                );
+            }
+        }
+    }
     secrets
 }

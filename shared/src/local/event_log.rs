@@ -142,6 +142,8 @@ fn read_tail(file: &mut File) -> io::Result<Tail> {
 pub struct LoggingRouter {
     log: Arc<Mutex<EventLog>>,
     router: Router,
+    /// Where routed events are indexed for `bluehook events`.
+    index: Option<crate::sqlite::Db>,
 }
 
 impl LoggingRouter {
@@ -149,7 +151,14 @@ impl LoggingRouter {
         LoggingRouter {
             log: Arc::new(Mutex::new(log)),
             router,
+            index: None,
         }
+    }
+
+    /// Also records each event and its routes in `db`'s `events_index`.
+    pub fn with_index(mut self, db: crate::sqlite::Db) -> LoggingRouter {
+        self.index = Some(db);
+        self
     }
 }
 
@@ -162,6 +171,16 @@ impl Processor for LoggingRouter {
     async fn process(&self, batch: Vec<Record>) -> Vec<String> {
         let (events, _) = Router::parse_batch(&batch);
         let events: Vec<Event> = events.into_iter().map(|(_, e)| e).collect();
+        if let Some(db) = &self.index {
+            let routed = events
+                .iter()
+                .map(|e| (e.clone(), self.router.targets(e)))
+                .collect();
+            if let Err(e) = crate::delivery::local::index_events(db, routed).await {
+                tracing::error!(error = %e, "cannot index events; they stay queued");
+                return batch.into_iter().map(|r| r.id).collect();
+            }
+        }
         let log = self.log.clone();
         let written = tokio::task::spawn_blocking(move || {
             log.lock()

@@ -45,6 +45,9 @@ pub fn local_queues() -> Vec<&'static str> {
         .chain(Destination::ALL.iter().map(|d| d.queue_name()))
         .collect()
 }
+/// Deliveries under way at once to one destination.
+const DELIVERY_CONCURRENCY: usize = 8;
+
 /// Where `bluehook dev` keeps the secret it made up when there is no config file.
 pub const DEV_SECRET_FILE: &str = "dev-secret";
 /// The source served when there is no config file.
@@ -157,7 +160,15 @@ pub async fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
 
     // Sinks: with the built-in default config all three are on (CRM and SMS into the outbox
     // table); with a config file, each sink whose [sinks.<name>] section exists.
-    let routes = Routes::from_config(&config.routes)?;
+    let ssm_ref = ssm.as_ref().map(|c| c as &dyn crate::config::SsmReader);
+    let destinations = crate::destinations::from_config(&config.destinations, ssm_ref).await?;
+    let names: Vec<String> = destinations.keys().cloned().collect();
+    let routes = Routes::from_config_with(&config.routes, &names)?;
+    let unrouted: Vec<&str> = names
+        .iter()
+        .filter(|n| !routes.named().contains(n))
+        .map(String::as_str)
+        .collect();
     for name in config.sinks.keys() {
         if Destination::parse(name).is_none() {
             anyhow::bail!("unknown sink `[sinks.{name}]` (known: crm, sms_fallback, analytics)");
@@ -180,7 +191,6 @@ pub async fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
     let outbox = Outbox::new(db.clone());
     let state: Arc<dyn StateStore> = Arc::new(SqliteState::new(db.clone()));
     let effects: Arc<dyn IdempotencyStore> = Arc::new(idempotency.clone());
-    let ssm_ref = ssm.as_ref().map(|c| c as &dyn crate::config::SsmReader);
     let mut stages: Vec<(Destination, Arc<dyn Processor>, usize)> = Vec::new();
     if let Some(v) = sink_section(Destination::Crm) {
         let adapter = CrmAdapter::from_config(&v, Some(outbox.clone()), ssm_ref).await?;
@@ -218,17 +228,48 @@ pub async fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
             500,
         ));
     }
-    let mut destinations: BTreeMap<Destination, Arc<dyn Queue>> = BTreeMap::new();
+    let mut sink_queues: BTreeMap<Destination, Arc<dyn Queue>> = BTreeMap::new();
     for (d, _, _) in &stages {
-        destinations.insert(*d, Arc::new(local_queue(*d)));
+        sink_queues.insert(*d, Arc::new(local_queue(*d)));
     }
     for d in Destination::ALL {
         local_queue(d).recover_in_flight().await?;
     }
-    // CRM pushes a previous run left half-done may be repeated (the receiver dedupes by
-    // webhook-id); fallback SMS claims are kept: an SMS of unknown outcome is never resent.
+    // CRM pushes and deliveries a previous run left half-done may be repeated (the receivers
+    // dedupe by webhook-id); fallback SMS claims are kept: an SMS of unknown outcome is never
+    // resent.
     idempotency.release_in_progress("effect:crm:").await?;
-    let router = Router::new(routes, destinations, metrics.clone());
+    idempotency
+        .release_in_progress("effect:destination:")
+        .await?;
+    // Destinations: a queue and a worker each, so that one slow or failing destination delays
+    // no other (nor the acks).
+    let attempts: Arc<dyn crate::delivery::AttemptLog> =
+        Arc::new(crate::delivery::local::SqliteAttempts::new(db.clone()));
+    let mut endpoints: BTreeMap<String, Arc<dyn Queue>> = BTreeMap::new();
+    let mut deliverers = Vec::new();
+    for (name, d) in &destinations {
+        let q = SqliteQueue::new(
+            db.clone(),
+            &crate::delivery::local::queue_name(name),
+            // Only a crash leaves a delivery in flight: it is handed out again after this.
+            d.timeout + Duration::from_secs(30),
+            // The engine dead-letters after `max_attempts`; this is the backstop.
+            d.retry.max_attempts + 1,
+        );
+        q.recover_in_flight().await?;
+        endpoints.insert(name.clone(), Arc::new(q.clone()));
+        deliverers.push((
+            q,
+            Arc::new(crate::delivery::Deliverer::new(
+                d.clone(),
+                effects.clone(),
+                attempts.clone(),
+                metrics.clone(),
+            )),
+        ));
+    }
+    let router = Router::new(routes, sink_queues, metrics.clone()).with_endpoints(endpoints);
 
     let listener = TcpListener::bind(&opts.listen)
         .await
@@ -244,6 +285,12 @@ pub async fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
         &log_path,
         &sinks,
     );
+    for (name, d) in &destinations {
+        println!("  destination: {name} -> {}", d.origin());
+    }
+    for name in unrouted {
+        println!("  warning:     destination `{name}` is named by no [[routes]] rule: nothing goes to it");
+    }
 
     // The server stops first; the workers then drain what it queued, the router first.
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -251,10 +298,18 @@ pub async fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
     let server = tokio::spawn(server::serve(listener, ingress, stop_rx.clone()));
     let mut workers = vec![tokio::spawn(run_local_worker(
         queue,
-        Arc::new(event_log::LoggingRouter::new(log, router)),
+        Arc::new(event_log::LoggingRouter::new(log, router).with_index(db.clone())),
         64,
         stop_workers_rx.clone(),
     ))];
+    for (q, deliverer) in deliverers {
+        workers.push(tokio::spawn(crate::delivery::local::run_worker(
+            q,
+            deliverer,
+            DELIVERY_CONCURRENCY,
+            stop_workers_rx.clone(),
+        )));
+    }
     for (d, stage, batch) in stages {
         workers.push(tokio::spawn(run_local_worker(
             local_queue(d),

@@ -196,6 +196,39 @@ impl SqliteQueue {
             .map_err(qerr)
     }
 
+    /// Hides a received message for `delay` (a retry's backoff) instead of the visibility
+    /// timeout; like SQS's ChangeMessageVisibility. A stale receipt changes nothing.
+    pub async fn retry_later(&self, receipt: &str, delay: Duration) -> Result<(), QueueError> {
+        let receipt = receipt.to_owned();
+        let delay_ms = delay.as_millis().min(i64::MAX as u128) as i64;
+        self.db
+            .write(move |c| {
+                c.prepare_cached(
+                    "UPDATE queue_messages SET visible_at_ms = ?3 WHERE seq = ?1 AND receipt = ?2",
+                )?
+                .execute(params![receipt_seq(&receipt), receipt, now_ms() + delay_ms])
+                .map(|_| ())
+            })
+            .await
+            .map_err(qerr)
+    }
+
+    /// Moves a received message to the dead-letter queue now. A stale receipt moves nothing.
+    pub async fn dead_letter(&self, receipt: &str) -> Result<(), QueueError> {
+        let (receipt, dlq) = (receipt.to_owned(), self.dlq.clone());
+        self.db
+            .write(move |c| {
+                c.prepare_cached(
+                    "UPDATE queue_messages SET queue = ?3, receive_count = 0, receipt = NULL,
+                        visible_at_ms = ?4 WHERE seq = ?1 AND receipt = ?2",
+                )?
+                .execute(params![receipt_seq(&receipt), receipt, dlq, now_ms()])
+                .map(|_| ())
+            })
+            .await
+            .map_err(qerr)
+    }
+
     /// Messages waiting in this queue (visible or in flight).
     pub async fn depth(&self) -> Result<u64, QueueError> {
         let name = self.name.clone();
@@ -225,18 +258,22 @@ impl SqliteQueue {
     }
 }
 
+/// The row a receipt (`<seq>:<random>`) names.
+fn receipt_seq(receipt: &str) -> i64 {
+    receipt
+        .split(':')
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(-1)
+}
+
 /// Deletes the messages of still-current receipts; returns how many went.
 fn delete_receipts(c: &rusqlite::Connection, receipts: &[String]) -> rusqlite::Result<usize> {
     let mut delete =
         c.prepare_cached("DELETE FROM queue_messages WHERE seq = ?1 AND receipt = ?2")?;
     let mut deleted = 0;
     for r in receipts {
-        let seq: i64 = r
-            .split(':')
-            .next()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(-1);
-        deleted += delete.execute(params![seq, r])?;
+        deleted += delete.execute(params![receipt_seq(r), r])?;
     }
     Ok(deleted)
 }

@@ -55,8 +55,11 @@ impl SinkError {
     }
 }
 
-/// A table of `[sinks.<name>]`, read key by key; unknown keys are refused.
+/// A table of `[sinks.<name>]` (or of another section, such as `[destinations.<name>]`), read
+/// key by key; unknown keys are refused.
 pub struct SinkSettings<'a> {
+    /// `sinks.crm`, `destinations.bot`, ...
+    section: String,
     name: &'a str,
     table: toml::Table,
     used: Vec<&'static str>,
@@ -64,19 +67,54 @@ pub struct SinkSettings<'a> {
 
 impl<'a> SinkSettings<'a> {
     pub fn new(name: &'a str, value: &toml::Value) -> Result<SinkSettings<'a>, ConfigError> {
+        SinkSettings::section("sinks", name, value)
+    }
+
+    /// The table `[<kind>.<name>]`.
+    pub fn section(
+        kind: &str,
+        name: &'a str,
+        value: &toml::Value,
+    ) -> Result<SinkSettings<'a>, ConfigError> {
+        let section = format!("{kind}.{name}");
         let table = value
             .as_table()
             .cloned()
-            .ok_or_else(|| ConfigError::Invalid(format!("[sinks.{name}] must be a table")))?;
+            .ok_or_else(|| ConfigError::Invalid(format!("[{section}] must be a table")))?;
         Ok(SinkSettings {
+            section,
             name,
             table,
             used: Vec::new(),
         })
     }
 
+    /// The section's own name (`crm`, `bot`, ...).
+    pub fn name(&self) -> &'a str {
+        self.name
+    }
+
     pub fn invalid(&self, msg: impl std::fmt::Display) -> ConfigError {
-        ConfigError::Invalid(format!("[sinks.{}]: {msg}", self.name))
+        ConfigError::Invalid(format!("[{}]: {msg}", self.section))
+    }
+
+    pub fn bool(&mut self, key: &'static str) -> Result<Option<bool>, ConfigError> {
+        self.used.push(key);
+        match self.table.get(key) {
+            None => Ok(None),
+            Some(toml::Value::Boolean(b)) => Ok(Some(*b)),
+            Some(_) => Err(self.invalid(format!("`{key}` must be true or false"))),
+        }
+    }
+
+    /// An inline table (`headers = { ... }`), empty when absent.
+    pub fn table(&mut self, key: &'static str) -> Result<toml::Table, ConfigError> {
+        self.used.push(key);
+        match self.table.get(key) {
+            None => Ok(toml::Table::new()),
+            Some(toml::Value::Table(t)) => Ok(t.clone()),
+            Some(_) => Err(self.invalid(format!("`{key}` must be a table"))),
+        }
     }
 
     pub fn str(&mut self, key: &'static str) -> Result<Option<String>, ConfigError> {
@@ -112,7 +150,7 @@ impl<'a> SinkSettings<'a> {
         ssm: Option<&dyn SsmReader>,
     ) -> Result<Secret, ConfigError> {
         let reference = self.required(key)?;
-        resolve_secrets(&format!("sinks.{}", self.name), &[reference], ssm)
+        resolve_secrets(&self.section, &[reference], ssm)
             .await?
             .into_iter()
             .next()

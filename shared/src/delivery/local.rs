@@ -1,0 +1,393 @@
+//! Destinations in `bluehook dev`: one SQLite queue per destination (`dest-<name>`, with its
+//! `-dlq`) and one worker each, so a slow or failing destination holds up only itself; every
+//! attempt in the `delivery_attempts` table; every routed event in `events_index`, for
+//! `bluehook events` and `stats`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::{params, OptionalExtension};
+use serde::Serialize;
+use tokio::sync::watch;
+
+use super::{AttemptLog, AttemptRecord, Deliverer, DeliveryMessage, RateLimiter, Verdict};
+use crate::event::Event;
+use crate::queue::sqlite::{dead_letter_name, queue_depth};
+use crate::queue::{Queue, SqliteQueue};
+use crate::sqlite::{Db, DbError};
+
+/// The local queue of destination `name`.
+pub fn queue_name(name: &str) -> String {
+    format!("dest-{name}")
+}
+
+/// Attempts into the embedded database.
+#[derive(Clone)]
+pub struct SqliteAttempts {
+    db: Db,
+}
+
+impl SqliteAttempts {
+    pub fn new(db: Db) -> SqliteAttempts {
+        SqliteAttempts { db }
+    }
+}
+
+#[async_trait]
+impl AttemptLog for SqliteAttempts {
+    async fn record(&self, a: &AttemptRecord) {
+        let a = a.clone();
+        let written = self
+            .db
+            .write(move |c| {
+                c.prepare_cached(
+                    "INSERT INTO delivery_attempts(event_id, destination, attempt, at_ms, status,
+                        error, duration_ms, state) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )?
+                .execute(params![
+                    a.event_id,
+                    a.destination,
+                    a.attempt,
+                    a.at.timestamp_millis(),
+                    a.status,
+                    a.error,
+                    a.duration_ms as i64,
+                    a.state
+                ])
+                .map(|_| ())
+            })
+            .await;
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "a delivery attempt could not be recorded");
+        }
+    }
+}
+
+/// Records routed events (their JSON and routes), for `bluehook events`.
+pub async fn index_events(db: &Db, routed: Vec<(Event, Vec<String>)>) -> Result<(), DbError> {
+    db.write(move |c| {
+        let mut insert = c.prepare_cached(
+            "INSERT OR IGNORE INTO events_index(id, source, kind, received_at_ms, routes, event)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        for (e, routes) in &routed {
+            insert.execute(params![
+                e.id,
+                e.source,
+                e.kind.as_str(),
+                e.received_at.timestamp_millis(),
+                routes.join(","),
+                e.to_json()
+            ])?;
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// Feeds destination `deliverer`'s queue to it until `shutdown`, `concurrency` deliveries at a
+/// time, no faster than `limiter` allows. Each verdict is carried out on the queue: delivered
+/// messages are deleted, retries hidden for their backoff, the exhausted moved to the `-dlq`.
+pub async fn run_worker(
+    queue: SqliteQueue,
+    deliverer: Arc<Deliverer>,
+    concurrency: usize,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let limiter = deliverer
+        .destination
+        .rate_limit_per_sec
+        .map(|n| Arc::new(RateLimiter::new(n)));
+    let counter: &'static str = Box::leak(format!("processed.{}", queue.name()).into_boxed_str());
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let receive = queue.receive(concurrency, Duration::from_secs(1));
+        tokio::pin!(receive);
+        let got = tokio::select! {
+            got = &mut receive => got,
+            _ = shutdown.changed() => receive.await,
+        };
+        let deliveries = match got {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(queue = queue.name(), error = %e, "receive failed");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let attempts = deliveries.into_iter().map(|d| {
+            let (deliverer, limiter) = (deliverer.clone(), limiter.clone());
+            async move {
+                let verdict = match serde_json::from_str::<DeliveryMessage>(&d.body) {
+                    Ok(m) => {
+                        if let Some(l) = &limiter {
+                            l.acquire().await;
+                        }
+                        deliverer.deliver(&m.event, d.receive_count).await
+                    }
+                    Err(e) => {
+                        tracing::error!(queue = %d.message_id, error = %e, "not a delivery; dead-lettered");
+                        Verdict::DeadLetter
+                    }
+                };
+                (d.receipt, verdict)
+            }
+        });
+        let mut done = Vec::new();
+        for (receipt, verdict) in futures_util::future::join_all(attempts).await {
+            let carried = match verdict {
+                Verdict::Delivered | Verdict::AlreadyDelivered => {
+                    done.push(receipt);
+                    Ok(())
+                }
+                Verdict::RetryIn(delay) => queue.retry_later(&receipt, delay).await,
+                Verdict::DeadLetter => queue.dead_letter(&receipt).await,
+            };
+            if let Err(e) = carried {
+                tracing::error!(queue = queue.name(), error = %e, "a verdict could not be carried out; the message comes back after its visibility timeout");
+            }
+        }
+        if !done.is_empty() {
+            if let Err(e) = queue.delete_counted(&done, counter).await {
+                tracing::error!(queue = queue.name(), error = %e, "delete failed");
+            }
+        }
+    }
+}
+
+/// The destinations a data folder knows: those with a queue or an attempt.
+pub async fn known_destinations(db: &Db) -> Result<Vec<String>, DbError> {
+    db.read(|c| {
+        let mut stmt = c.prepare(
+            "SELECT DISTINCT substr(queue, 6) FROM queue_messages WHERE queue LIKE 'dest-%'
+             UNION SELECT DISTINCT destination FROM delivery_attempts
+             UNION SELECT substr(name, 8) FROM counters WHERE name LIKE 'routed.%'",
+        )?;
+        let names = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        let mut out = Vec::new();
+        for n in names {
+            let n = n?;
+            let n = n.strip_suffix("-dlq").unwrap_or(&n).to_owned();
+            if !crate::destinations::RESERVED.contains(&n.as_str()) && !out.contains(&n) {
+                out.push(n);
+            }
+        }
+        out.sort();
+        Ok(out)
+    })
+    .await
+}
+
+/// One destination's numbers for `stats`.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct DestinationStats {
+    pub delivered: u64,
+    /// Waiting for a retry after a failed attempt.
+    pub retrying: u64,
+    /// Waiting for their first attempt.
+    pub queued: u64,
+    pub dead_lettered: u64,
+    pub attempts: u64,
+}
+
+/// The numbers of every destination in `names`.
+pub async fn destination_stats(
+    db: &Db,
+    names: Vec<String>,
+) -> Result<BTreeMap<String, DestinationStats>, DbError> {
+    db.read(move |c| {
+        let counter = |name: &str| -> rusqlite::Result<u64> {
+            c.query_row("SELECT value FROM counters WHERE name = ?1", [name], |r| {
+                r.get::<_, i64>(0)
+            })
+            .optional()
+            .map(|v| v.unwrap_or(0) as u64)
+        };
+        let mut out = BTreeMap::new();
+        for name in names {
+            let q = queue_name(&name);
+            let retrying: i64 = c.query_row(
+                "SELECT count(*) FROM queue_messages WHERE queue = ?1 AND receive_count > 0",
+                [&q],
+                |r| r.get(0),
+            )?;
+            let depth = queue_depth(c, &q)?;
+            out.insert(
+                name.clone(),
+                DestinationStats {
+                    delivered: counter(&format!("destination.{name}.delivered"))?,
+                    retrying: retrying as u64,
+                    queued: depth - retrying as u64,
+                    dead_lettered: queue_depth(c, &dead_letter_name(&q))?,
+                    attempts: counter(&format!("destination.{name}.attempts"))?,
+                },
+            );
+        }
+        Ok(out)
+    })
+    .await
+}
+
+/// One event as `bluehook events` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventView {
+    pub event: serde_json::Value,
+    /// Sinks and destinations it was routed to.
+    pub routes: Vec<String>,
+    /// Per destination: its state (`queued`, `retrying`, `delivered`, `dead_lettered`).
+    pub deliveries: BTreeMap<String, String>,
+    pub attempts: Vec<AttemptRecord>,
+}
+
+/// One line of `bluehook events list`.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventSummary {
+    pub id: String,
+    pub source: String,
+    pub kind: String,
+    pub received_at: String,
+    pub routes: Vec<String>,
+    pub deliveries: BTreeMap<String, String>,
+}
+
+fn attempts_of(c: &rusqlite::Connection, id: &str) -> rusqlite::Result<Vec<AttemptRecord>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT destination, attempt, at_ms, status, error, duration_ms, state
+         FROM delivery_attempts WHERE event_id = ?1 ORDER BY seq",
+    )?;
+    let rows = stmt.query_map([id], |r| {
+        Ok(AttemptRecord {
+            event_id: id.to_owned(),
+            destination: r.get(0)?,
+            attempt: r.get(1)?,
+            at: chrono::DateTime::from_timestamp_millis(r.get(2)?).unwrap_or_default(),
+            status: r.get(3)?,
+            error: r.get(4)?,
+            duration_ms: r.get::<_, i64>(5)? as u64,
+            state: r.get(6)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// Each routed destination's state: its last attempt's, or `queued` before any.
+fn states(routes: &[String], attempts: &[AttemptRecord]) -> BTreeMap<String, String> {
+    routes
+        .iter()
+        .filter(|r| !crate::destinations::RESERVED.contains(&r.as_str()))
+        .map(|d| {
+            let last = attempts.iter().rev().find(|a| &a.destination == d);
+            (
+                d.clone(),
+                last.map_or("queued".to_owned(), |a| a.state.clone()),
+            )
+        })
+        .collect()
+}
+
+fn split_routes(routes: String) -> Vec<String> {
+    routes
+        .split(',')
+        .filter(|r| !r.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The event `id` with its routes and attempts; `None` if no event of that id was routed.
+pub async fn show_event(db: &Db, id: &str) -> Result<Option<EventView>, DbError> {
+    let id = id.to_owned();
+    db.read(move |c| {
+        let row = c
+            .query_row(
+                "SELECT routes, event FROM events_index WHERE id = ?1",
+                [&id],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+            )
+            .optional()?;
+        let Some((routes, event)) = row else {
+            return Ok(None);
+        };
+        let routes = split_routes(routes);
+        let attempts = attempts_of(c, &id)?;
+        Ok(Some(EventView {
+            event: serde_json::from_str(&event).unwrap_or(serde_json::Value::Null),
+            deliveries: states(&routes, &attempts),
+            routes,
+            attempts,
+        }))
+    })
+    .await
+}
+
+/// What `bluehook events list` selects.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub source: Option<String>,
+    pub destination: Option<String>,
+    /// Only events with a delivery retrying or dead-lettered.
+    pub failed: bool,
+    pub limit: usize,
+}
+
+/// The most recent routed events matching `filter`, newest first.
+pub async fn list_events(db: &Db, filter: ListFilter) -> Result<Vec<EventSummary>, DbError> {
+    db.read(move |c| {
+        let mut stmt = c.prepare(
+            "SELECT id, source, kind, received_at_ms, routes FROM events_index ORDER BY seq DESC",
+        )?;
+        let mut rows = stmt.query([])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            if out.len() >= filter.limit {
+                break;
+            }
+            let (id, source): (String, String) = (r.get(0)?, r.get(1)?);
+            if filter.source.as_ref().is_some_and(|s| *s != source) {
+                continue;
+            }
+            let routes = split_routes(r.get(4)?);
+            if filter
+                .destination
+                .as_ref()
+                .is_some_and(|d| !routes.contains(d))
+            {
+                continue;
+            }
+            let attempts = attempts_of(c, &id)?;
+            let deliveries = states(&routes, &attempts);
+            if filter.failed
+                && !deliveries
+                    .values()
+                    .any(|s| s == "retrying" || s == "dead_lettered")
+            {
+                continue;
+            }
+            let received = chrono::DateTime::from_timestamp_millis(r.get(3)?).unwrap_or_default();
+            out.push(EventSummary {
+                id,
+                source,
+                kind: r.get(2)?,
+                received_at: received.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                routes,
+                deliveries,
+            });
+        }
+        Ok(out)
+    })
+    .await
+}
+
+/// Moves up to `max` dead-lettered deliveries of destination `name` back to its queue.
+pub async fn replay(db: &Db, name: &str, max: u64) -> Result<u64, crate::queue::QueueError> {
+    let q = SqliteQueue::new(
+        db.clone(),
+        &queue_name(name),
+        Duration::from_secs(30),
+        u32::MAX,
+    );
+    q.dead_letter_queue().move_to(q.name(), max).await
+}
