@@ -468,6 +468,69 @@ async fn a_kill_9_mid_delivery_loses_nothing() {
     assert!(dev.interrupt().success());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_answer_is_retried_and_a_redirect_is_not_followed() {
+    let hook = FakeHttp::start(|_, _| (200, r#"{"ok": true, "padding": "........"}"#.into())).await;
+    let proxy = common::proxy::Proxy::start(&hook.url, false).await;
+    proxy.inject("POST /in", common::proxy::Fault::Cut, Some(1));
+    let elsewhere = FakeHttp::start(|_, _| (200, "{}".into())).await;
+    let target = format!("{}/in", elsewhere.url);
+    let moved = FakeHttp::start_replies(move |_, n| {
+        if n == 0 {
+            Reply {
+                status: 302,
+                headers: vec![("location", target.clone())],
+                ..Reply::default()
+            }
+        } else {
+            Reply::status(200)
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "{}[destinations.cut]\nurl = \"{}/in\"\nretry_delay_secs = 1\n\n[destinations.moved]\nurl = \"{}/in\"\nretry_delay_secs = 1\n\n[[routes]]\nto = [\"cut\", \"moved\"]\n",
+        source("sendblue"),
+        proxy.url,
+        moved.url
+    );
+    let config_path = dir.path().join("bluehook.toml");
+    std::fs::write(&config_path, &config).unwrap();
+    let dev = DevProcess::start(dir.path(), &["--config", config_path.to_str().unwrap()]);
+    let id = event_id(&post(&dev, "sendblue", "cut-and-moved").await);
+    common::wait_until_async("both deliveries", || {
+        state(dir.path(), &id, "cut") == "delivered"
+            && state(dir.path(), &id, "moved") == "delivered"
+    })
+    .await;
+    let view = show(dir.path(), &id);
+    let outcomes = |d: &str| -> Vec<(Option<u64>, Option<String>)> {
+        view["attempts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["destination"] == d)
+            .map(|a| (a["status"].as_u64(), a["error"].as_str().map(str::to_owned)))
+            .collect()
+    };
+    assert_eq!(
+        outcomes("cut"),
+        vec![(None, Some("reset".into())), (Some(200), None)]
+    );
+    assert_eq!(
+        outcomes("moved"),
+        vec![(Some(302), None), (Some(200), None)]
+    );
+    assert!(
+        elsewhere.requests().is_empty(),
+        "the redirect was not followed"
+    );
+    let got = hook.requests();
+    assert_eq!(got.len(), 2, "the cut attempt reached it, and the retry");
+    assert!(got.iter().all(|c| c.headers["webhook-id"] == id));
+    assert!(dev.interrupt().success());
+}
+
 #[test]
 fn a_route_to_an_undefined_destination_or_an_unknown_setting_is_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();

@@ -359,6 +359,7 @@ mod tests {
             "occurred_at",
             "received_at",
             "raw_body",
+            "raw_content_type",
         ];
         let mut got = keys.clone();
         got.sort_unstable();

@@ -87,6 +87,27 @@ pub async fn index_events(db: &Db, routed: Vec<(Event, Vec<String>)>) -> Result<
     .await
 }
 
+/// How many routed events `bluehook events` keeps (the event log keeps them all), and how many
+/// attempts.
+pub const KEEP_EVENTS: i64 = 100_000;
+pub const KEEP_ATTEMPTS: i64 = 1_000_000;
+
+/// Drops all but the newest [`KEEP_EVENTS`] indexed events and [`KEEP_ATTEMPTS`] attempts.
+pub async fn prune(db: &Db) -> Result<(), DbError> {
+    db.write(|c| {
+        c.execute(
+            "DELETE FROM events_index WHERE seq <= (SELECT max(seq) FROM events_index) - ?1",
+            [KEEP_EVENTS],
+        )?;
+        c.execute(
+            "DELETE FROM delivery_attempts WHERE seq <= (SELECT max(seq) FROM delivery_attempts) - ?1",
+            [KEEP_ATTEMPTS],
+        )?;
+        Ok(())
+    })
+    .await
+}
+
 /// Feeds destination `deliverer`'s queue to it until `shutdown`, `concurrency` deliveries at a
 /// time, no faster than `limiter` allows. Each verdict is carried out on the queue: delivered
 /// messages are deleted, retries hidden for their backoff, the exhausted moved to the `-dlq`.

@@ -303,14 +303,9 @@ impl Destination {
                         }
                     }
                 }
-                if cut && (200..300).contains(&status) {
-                    // A 2xx whose body broke off: the receiver took it; its answer is lost.
-                    AttemptResult::Answered {
-                        status,
-                        retry_after,
-                        body: Vec::new(),
-                    }
-                } else if cut {
+                if cut {
+                    // The connection broke mid-answer: whatever the status line said, try
+                    // again (the receiver drops a copy by its webhook-id).
                     AttemptResult::Failed { class: "reset" }
                 } else {
                     AttemptResult::Answered {

@@ -318,7 +318,7 @@ pub async fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
             stop_workers_rx.clone(),
         )));
     }
-    let purge = tokio::spawn(purge_expired_keys(idempotency, stop_rx));
+    let purge = tokio::spawn(purge_expired_keys(idempotency, db.clone(), stop_rx));
 
     wait_for_signal().await;
     tracing::info!("stopping: finishing requests in flight");
@@ -411,7 +411,9 @@ fn print_banner(
     let _ = std::io::stdout().flush();
 }
 
-async fn purge_expired_keys(store: SqliteIdempotency, mut stop: watch::Receiver<bool>) {
+/// Every ten minutes: expired idempotency keys go, and the records `bluehook events` reads keep
+/// only their newest rows.
+async fn purge_expired_keys(store: SqliteIdempotency, db: Db, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(600)) => {}
@@ -422,6 +424,9 @@ async fn purge_expired_keys(store: SqliteIdempotency, mut stop: watch::Receiver<
             Ok(n) if n > 0 => tracing::info!(keys = n, "purged expired idempotency keys"),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "purging expired keys failed"),
+        }
+        if let Err(e) = crate::delivery::local::prune(&db).await {
+            tracing::warn!(error = %e, "pruning the events index failed");
         }
     }
 }
