@@ -221,28 +221,22 @@ impl Routes {
 
     /// Where `e` goes: the union of the matching rules' destinations, in a fixed order.
     pub fn destinations(&self, e: &Event) -> Vec<Destination> {
-        let mut out: Vec<Destination> = self
-            .rules
-            .iter()
-            .filter(|r| r.matches(e))
-            .flat_map(|r| r.to.iter().copied())
-            .collect();
-        out.sort_unstable();
-        out.dedup();
-        out
+        sorted_union(
+            self.rules
+                .iter()
+                .filter(|r| r.matches(e))
+                .flat_map(|r| r.to.iter().copied()),
+        )
     }
 
     /// The named destinations `e` goes to, sorted.
     pub fn endpoints(&self, e: &Event) -> Vec<String> {
-        let mut out: Vec<String> = self
-            .rules
-            .iter()
-            .filter(|r| r.matches(e))
-            .flat_map(|r| r.endpoints.iter().cloned())
-            .collect();
-        out.sort_unstable();
-        out.dedup();
-        out
+        sorted_union(
+            self.rules
+                .iter()
+                .filter(|r| r.matches(e))
+                .flat_map(|r| r.endpoints.iter().cloned()),
+        )
     }
 
     /// Every name `e` is routed to: sinks, then destinations.
@@ -258,15 +252,16 @@ impl Routes {
 
     /// Every named destination some rule routes to.
     pub fn named(&self) -> Vec<String> {
-        let mut out: Vec<String> = self
-            .rules
-            .iter()
-            .flat_map(|r| r.endpoints.iter().cloned())
-            .collect();
-        out.sort_unstable();
-        out.dedup();
-        out
+        sorted_union(self.rules.iter().flat_map(|r| r.endpoints.iter().cloned()))
     }
+}
+
+/// The distinct items, sorted.
+fn sorted_union<T: Ord>(items: impl Iterator<Item = T>) -> Vec<T> {
+    let mut out: Vec<T> = items.collect();
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 #[cfg(test)]

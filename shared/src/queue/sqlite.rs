@@ -464,6 +464,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_retry_waits_its_backoff_and_dead_letter_moves_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("q.db")).unwrap();
+        let q = SqliteQueue::new(db, "dest-bot", Duration::from_secs(30), 10);
+        q.send(&[msg(1), msg(2)]).await.unwrap();
+        let got = q.receive(10, Duration::ZERO).await.unwrap();
+        assert_eq!(got.len(), 2);
+        // m1 waits an hour (its backoff), m2 goes to the dead-letter queue now.
+        q.retry_later(&got[0].receipt, Duration::from_secs(3600))
+            .await
+            .unwrap();
+        q.dead_letter(&got[1].receipt).await.unwrap();
+        assert_eq!(q.depth().await.unwrap(), 1);
+        assert_eq!(q.dead_letter_queue().depth().await.unwrap(), 1);
+        assert!(q.receive(10, Duration::ZERO).await.unwrap().is_empty());
+        // A retry of zero is visible again at once, with its receive count.
+        let again = q.receive(10, Duration::ZERO).await.unwrap();
+        assert!(again.is_empty(), "still waiting its hour");
+        q.recover_in_flight().await.unwrap();
+        let again = q.receive(10, Duration::ZERO).await.unwrap();
+        assert_eq!((again.len(), again[0].receive_count), (1, 2));
+        q.retry_later(&again[0].receipt, Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(q.receive(10, Duration::ZERO).await.unwrap().len(), 1);
+        // A stale receipt moves nothing.
+        q.dead_letter(&got[0].receipt).await.unwrap();
+        assert_eq!(q.dead_letter_queue().depth().await.unwrap(), 1);
+    }
+
+    #[tokio::test]
     async fn a_waiting_receiver_wakes_on_send() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("q.db")).unwrap();
