@@ -99,15 +99,11 @@ impl Processor for Router {
                     self.metrics.incr(&format!("skipped.{name}"), 1);
                     continue;
                 };
-                let message = DeliveryMessage {
-                    destination: name.clone(),
-                    event: event.clone(),
-                };
                 per_endpoint.entry(name).or_default().push((
                     record.id.clone(),
                     OutgoingMessage {
                         id: event.id.clone(),
-                        body: message.to_json(),
+                        body: DeliveryMessage::envelope(name, &record.body),
                     },
                 ));
             }

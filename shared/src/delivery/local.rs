@@ -13,7 +13,6 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use super::{AttemptLog, AttemptRecord, Deliverer, DeliveryMessage, RateLimiter, Verdict};
-use crate::event::Event;
 use crate::queue::sqlite::{dead_letter_name, queue_depth};
 use crate::queue::{Queue, SqliteQueue};
 use crate::sqlite::{Db, DbError};
@@ -65,21 +64,33 @@ impl AttemptLog for SqliteAttempts {
     }
 }
 
+/// One routed event as `bluehook events` finds it.
+pub struct Indexed {
+    pub id: String,
+    pub source: String,
+    pub kind: &'static str,
+    pub received_at_ms: i64,
+    /// Comma-separated sinks and destinations.
+    pub routes: String,
+    /// The event JSON as it travelled on the queue.
+    pub json: String,
+}
+
 /// Records routed events (their JSON and routes), for `bluehook events`.
-pub async fn index_events(db: &Db, routed: Vec<(Event, Vec<String>)>) -> Result<(), DbError> {
+pub async fn index_events(db: &Db, routed: Vec<Indexed>) -> Result<(), DbError> {
     db.write(move |c| {
         let mut insert = c.prepare_cached(
             "INSERT OR IGNORE INTO events_index(id, source, kind, received_at_ms, routes, event)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?;
-        for (e, routes) in &routed {
+        for e in &routed {
             insert.execute(params![
                 e.id,
                 e.source,
-                e.kind.as_str(),
-                e.received_at.timestamp_millis(),
-                routes.join(","),
-                e.to_json()
+                e.kind,
+                e.received_at_ms,
+                e.routes,
+                e.json
             ])?;
         }
         Ok(())

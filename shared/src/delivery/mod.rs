@@ -29,7 +29,14 @@ pub struct DeliveryMessage {
 
 impl DeliveryMessage {
     pub fn to_json(&self) -> String {
-        serde_json::to_string(self).expect("a delivery message serialises")
+        Self::envelope(&self.destination, &self.event.to_json())
+    }
+
+    /// The message for `destination` around an event already in JSON (the queue record's
+    /// body), without parsing or serialising the event again.
+    pub fn envelope(destination: &str, event_json: &str) -> String {
+        let name = serde_json::to_string(destination).expect("a string serialises");
+        format!("{{\"destination\":{name},\"event\":{event_json}}}")
     }
 }
 
@@ -229,6 +236,24 @@ impl RateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_envelope_round_trips() {
+        let e = Event::new(
+            "s",
+            "p",
+            crate::event::EventKind::Unknown,
+            "k".into(),
+            Utc::now(),
+            "{\"a\": \"\\\"quoted\\\"\"}".into(),
+        );
+        let m = DeliveryMessage {
+            destination: "bot \"one\"".into(),
+            event: e,
+        };
+        let back: DeliveryMessage = serde_json::from_str(&m.to_json()).unwrap();
+        assert_eq!(back, m);
+    }
 
     #[tokio::test]
     async fn the_rate_limiter_spaces_starts_exactly() {

@@ -170,17 +170,24 @@ impl Processor for LoggingRouter {
 
     async fn process(&self, batch: Vec<Record>) -> Vec<String> {
         let (events, _) = Router::parse_batch(&batch);
-        let events: Vec<Event> = events.into_iter().map(|(_, e)| e).collect();
         if let Some(db) = &self.index {
             let routed = events
                 .iter()
-                .map(|e| (e.clone(), self.router.targets(e)))
+                .map(|(r, e)| crate::delivery::local::Indexed {
+                    id: e.id.clone(),
+                    source: e.source.clone(),
+                    kind: e.kind.as_str(),
+                    received_at_ms: e.received_at.timestamp_millis(),
+                    routes: self.router.targets(e).join(","),
+                    json: r.body.clone(),
+                })
                 .collect();
             if let Err(e) = crate::delivery::local::index_events(db, routed).await {
                 tracing::error!(error = %e, "cannot index events; they stay queued");
                 return batch.into_iter().map(|r| r.id).collect();
             }
         }
+        let events: Vec<Event> = events.into_iter().map(|(_, e)| e).collect();
         let log = self.log.clone();
         let written = tokio::task::spawn_blocking(move || {
             log.lock()
