@@ -6,11 +6,12 @@ mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
+use bluehook::delivery::{Deliver, Deliverer, RetryPolicy};
 use bluehook::event::{Direction, Event, EventKind, MessageStatus, Service};
 use bluehook::idempotency::sqlite::SqliteIdempotency;
 use bluehook::metrics::MemoryMetrics;
-use bluehook::processing::{Processor, Record};
 use bluehook::sinks::crm::{CrmAdapter, CrmSync};
 use bluehook::sinks::sms::{SmsFallback, SmsSender};
 use bluehook::sqlite::Db;
@@ -40,11 +41,11 @@ fn message(kind: EventKind, handle: &str, status: MessageStatus, content: &str) 
     e
 }
 
-fn record(e: &Event) -> Record {
-    Record {
-        id: e.id.clone(),
-        body: e.to_json(),
-        receive_count: 1,
+fn retry() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: 5,
+        first_delay: Duration::from_secs(1),
+        max_delay: Duration::from_secs(1),
     }
 }
 
@@ -72,10 +73,14 @@ async fn hubspot_finds_or_creates_the_contact_and_logs_each_message_once() {
         hubspot.url
     ))
     .unwrap();
-    let crm = CrmSync::new(
-        Arc::new(SqliteState::new(db.clone())),
+    let crm = Deliverer::new(
+        CrmSync::new(
+            Arc::new(SqliteState::new(db.clone())),
+            CrmAdapter::from_config(&section, None, None).await.unwrap(),
+            Arc::new(MemoryMetrics::default()),
+            retry(),
+        ),
         Arc::new(SqliteIdempotency::new(db)),
-        CrmAdapter::from_config(&section, None, None).await.unwrap(),
         Arc::new(MemoryMetrics::default()),
     );
     let inbound = message(
@@ -97,7 +102,7 @@ async fn hubspot_finds_or_creates_the_contact_and_logs_each_message_once() {
         "",
     );
     for e in [&inbound, &sent, &delivered, &inbound] {
-        assert!(crm.process(vec![record(e)]).await.is_empty());
+        assert!(crm.deliver_completed(e, 1).await.verdict.finished());
     }
     let reqs = hubspot.requests();
     let paths: Vec<&str> = reqs.iter().map(|r| r.path.as_str()).collect();
@@ -152,10 +157,14 @@ async fn sendblue_sends_the_fallback_through_its_send_message_api() {
         sendblue.url
     ))
     .unwrap();
-    let sms = SmsFallback::new(
-        None,
+    let sms = Deliverer::new(
+        SmsFallback::new(
+            None,
+            SmsSender::from_config(&section, None, None).await.unwrap(),
+            Arc::new(MemoryMetrics::default()),
+            retry(),
+        ),
         Arc::new(SqliteIdempotency::new(db)),
-        SmsSender::from_config(&section, None, None).await.unwrap(),
         Arc::new(MemoryMetrics::default()),
     );
     let failed = message(
@@ -165,7 +174,7 @@ async fn sendblue_sends_the_fallback_through_its_send_message_api() {
         "Your table is ready",
     );
     for _ in 0..3 {
-        assert!(sms.process(vec![record(&failed)]).await.is_empty());
+        assert!(sms.deliver_completed(&failed, 1).await.verdict.finished());
     }
     let reqs = sendblue.requests();
     assert_eq!(reqs.len(), 1);

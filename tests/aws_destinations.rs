@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use aws_lambda_events::sqs::SqsEvent;
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
-use bluehook::delivery::sqs::{EmfAttempts, SqsDeliveries};
-use bluehook::delivery::{Deliverer, DeliveryMessage};
+use bluehook::delivery::sqs::SqsDeliveries;
+use bluehook::delivery::{Deliver, Deliverer, DeliveryMessage};
 use bluehook::destinations::Destination;
 use bluehook::event::{Event, EventKind};
 use bluehook::idempotency::dynamodb::DynamoIdempotency;
@@ -155,13 +155,12 @@ async fn backoff_partial_failures_dead_letters_and_replay_on_sqs() {
     let via_proxy = aws_sdk_sqs::Client::new(&common::aws_config(&proxy.url).await);
     let effects: Arc<dyn bluehook::idempotency::IdempotencyStore> =
         Arc::new(DynamoIdempotency::new(ddb.clone(), &table));
-    let deliverer = |d: Destination| {
-        Deliverer::new(
-            Arc::new(d),
+    let deliverer = |d: Destination| -> Arc<dyn Deliver> {
+        Arc::new(Deliverer::new(
+            d,
             effects.clone(),
-            Arc::new(EmfAttempts),
             Arc::new(MemoryMetrics::default()),
-        )
+        ))
     };
     let handler = SqsDeliveries::new(
         vec![

@@ -5,12 +5,14 @@
 mod common;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use aws_lambda_events::sqs::SqsEvent;
+use bluehook::delivery::sqs::SqsDeliveries;
+use bluehook::delivery::{Deliverer, RetryPolicy};
 use bluehook::event::{Direction, Event, EventKind, MessageStatus, Service};
 use bluehook::idempotency::dynamodb::DynamoIdempotency;
 use bluehook::metrics::MemoryMetrics;
-use bluehook::processing::handle_sqs_event;
 use bluehook::sinks::crm::{CrmAdapter, CrmSync};
 use bluehook::sinks::sms::{SmsFallback, SmsSender};
 use bluehook::state::dynamodb::DynamoState;
@@ -78,30 +80,46 @@ async fn tables() -> Tables {
     }
 }
 
-async fn crm_sync(t: &Tables, url: &str) -> CrmSync {
+fn retry() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: 5,
+        first_delay: Duration::from_secs(1),
+        max_delay: Duration::from_secs(1),
+    }
+}
+
+async fn crm_sync(t: &Tables, url: &str) -> SqsDeliveries {
     let section: toml::Value = toml::from_str(&format!(
         "adapter = \"http\"\nurl = \"{url}/hooks/{CRM_PATH_TOKEN}\"\nsecret = \"{CRM_SECRET}\""
     ))
     .unwrap();
-    CrmSync::new(
-        Arc::new(DynamoState::new(t.ddb.clone(), &t.state)),
+    SqsDeliveries::sink(Arc::new(Deliverer::new(
+        CrmSync::new(
+            Arc::new(DynamoState::new(t.ddb.clone(), &t.state)),
+            CrmAdapter::from_config(&section, None, None).await.unwrap(),
+            Arc::new(MemoryMetrics::default()),
+            retry(),
+        ),
         Arc::new(DynamoIdempotency::new(t.ddb.clone(), &t.effects)),
-        CrmAdapter::from_config(&section, None, None).await.unwrap(),
         Arc::new(MemoryMetrics::default()),
-    )
+    )))
 }
 
-async fn sms_fallback(t: &Tables, url: &str) -> SmsFallback {
+async fn sms_fallback(t: &Tables, url: &str) -> SqsDeliveries {
     let section: toml::Value = toml::from_str(&format!(
         "adapter = \"twilio\"\nbase_url = \"{url}\"\naccount_sid = \"AC123\"\nauth_token = \"{TWILIO_TOKEN}\"\nfrom = \"+15550001111\""
     ))
     .unwrap();
-    SmsFallback::new(
-        Some(Arc::new(DynamoState::new(t.ddb.clone(), &t.state))),
+    SqsDeliveries::sink(Arc::new(Deliverer::new(
+        SmsFallback::new(
+            Some(Arc::new(DynamoState::new(t.ddb.clone(), &t.state))),
+            SmsSender::from_config(&section, None, None).await.unwrap(),
+            Arc::new(MemoryMetrics::default()),
+            retry(),
+        ),
         Arc::new(DynamoIdempotency::new(t.ddb.clone(), &t.effects)),
-        SmsSender::from_config(&section, None, None).await.unwrap(),
         Arc::new(MemoryMetrics::default()),
-    )
+    )))
 }
 
 #[tokio::test]
@@ -119,18 +137,21 @@ async fn a_redelivered_batch_pushes_no_second_crm_update_and_sends_no_second_sms
     let delivered_other = event("h2", MessageStatus::Delivered, "DELIVERED", Some("hi"));
     let crm_batch = [sent.clone(), delivered_other.clone()];
     for _ in 0..2 {
-        assert!(handle_sqs_event(&crm, sqs_event(&crm_batch))
+        assert!(crm
+            .handle(sqs_event(&crm_batch))
             .await
             .batch_item_failures
             .is_empty());
     }
     let sms_batch = [failed.clone(), failed_again.clone()];
     for round in 0..3 {
-        assert!(handle_sqs_event(&crm, sqs_event(&sms_batch))
+        assert!(crm
+            .handle(sqs_event(&sms_batch))
             .await
             .batch_item_failures
             .is_empty());
-        let retried = handle_sqs_event(&sms, sqs_event(&sms_batch))
+        let retried = sms
+            .handle(sqs_event(&sms_batch))
             .await
             .batch_item_failures
             .len();
@@ -228,14 +249,16 @@ async fn a_crm_failing_for_a_while_gets_the_push_once_it_recovers() {
         event("h10", MessageStatus::Sent, "SENT", Some("x")),
     ];
     // First delivery: both fail (500s); then the CRM recovers.
-    let first = handle_sqs_event(&crm, sqs_event(&batch)).await;
+    let first = crm.handle(sqs_event(&batch)).await;
     assert_eq!(first.batch_item_failures.len(), 2);
     // SQS redelivers only the failed records: each is pushed once now.
-    assert!(handle_sqs_event(&crm, sqs_event(&batch))
+    assert!(crm
+        .handle(sqs_event(&batch))
         .await
         .batch_item_failures
         .is_empty());
-    assert!(handle_sqs_event(&crm, sqs_event(&batch))
+    assert!(crm
+        .handle(sqs_event(&batch))
         .await
         .batch_item_failures
         .is_empty());
@@ -263,17 +286,19 @@ async fn a_rejected_sms_is_retried_and_sent_once() {
         Some("call me"),
     )];
     assert_eq!(
-        handle_sqs_event(&sms, sqs_event(&failed))
+        sms.handle(sqs_event(&failed))
             .await
             .batch_item_failures
             .len(),
         1
     );
-    assert!(handle_sqs_event(&sms, sqs_event(&failed))
+    assert!(sms
+        .handle(sqs_event(&failed))
         .await
         .batch_item_failures
         .is_empty());
-    assert!(handle_sqs_event(&sms, sqs_event(&failed))
+    assert!(sms
+        .handle(sqs_event(&failed))
         .await
         .batch_item_failures
         .is_empty());
@@ -320,7 +345,7 @@ async fn an_sms_whose_answer_was_cut_is_never_sent_twice() {
     )];
     for _ in 0..3 {
         assert_eq!(
-            handle_sqs_event(&sms, sqs_event(&failed))
+            sms.handle(sqs_event(&failed))
                 .await
                 .batch_item_failures
                 .len(),
@@ -350,7 +375,7 @@ async fn a_crm_behind_refused_connections_gets_the_push_once_it_is_reachable() {
     let sent = [event("h31", MessageStatus::Sent, "SENT", Some("hello"))];
     for _ in 0..2 {
         assert_eq!(
-            handle_sqs_event(&sync, sqs_event(&sent))
+            sync.handle(sqs_event(&sent))
                 .await
                 .batch_item_failures
                 .len(),
@@ -358,7 +383,8 @@ async fn a_crm_behind_refused_connections_gets_the_push_once_it_is_reachable() {
         );
     }
     for _ in 0..2 {
-        assert!(handle_sqs_event(&sync, sqs_event(&sent))
+        assert!(sync
+            .handle(sqs_event(&sent))
             .await
             .batch_item_failures
             .is_empty());

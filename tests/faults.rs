@@ -11,11 +11,12 @@ use std::time::Duration;
 use aws_lambda_events::event::sqs::SqsEvent;
 use aws_sdk_dynamodb::types::AttributeValue;
 use bluehook::config::{Config, IngressConfig};
+use bluehook::delivery::sqs::SqsDeliveries;
+use bluehook::delivery::{Deliverer, RetryPolicy};
 use bluehook::event::Event;
 use bluehook::idempotency::dynamodb::DynamoIdempotency;
 use bluehook::ingress::{build_sources, Ingress, IngressRequest, RequestBody};
 use bluehook::metrics::MemoryMetrics;
-use bluehook::processing::handle_sqs_event;
 use bluehook::queue::sqs::SqsQueue;
 use bluehook::sinks::crm::{CrmAdapter, CrmSync};
 use bluehook::state::dynamodb::DynamoState;
@@ -326,12 +327,20 @@ async fn a_sink_that_never_recovers_dead_letters_and_replay_delivers_once() {
         crm.url
     ))
     .unwrap();
-    let sink = CrmSync::new(
-        Arc::new(DynamoState::new(ddb.clone(), state)),
+    let sink = SqsDeliveries::sink(Arc::new(Deliverer::new(
+        CrmSync::new(
+            Arc::new(DynamoState::new(ddb.clone(), state)),
+            CrmAdapter::from_config(&section, None, None).await.unwrap(),
+            Arc::new(MemoryMetrics::default()),
+            RetryPolicy {
+                max_attempts: 3,
+                first_delay: Duration::from_secs(1),
+                max_delay: Duration::from_secs(1),
+            },
+        ),
         Arc::new(DynamoIdempotency::new(ddb.clone(), idem)),
-        CrmAdapter::from_config(&section, None, None).await.unwrap(),
         Arc::new(MemoryMetrics::default()),
-    );
+    )));
     let body = OUTBOUND.replace("5a17319e-cbcf-443e-897e-d8b0c04b1b09", "fault-dlq");
     let ingress_event = {
         let config = Config::from_toml(&format!(
@@ -395,7 +404,7 @@ async fn a_sink_that_never_recovers_dead_letters_and_replay_delivers_once() {
             tokio::time::sleep(Duration::from_millis(500)).await;
             continue;
         }
-        let failures = handle_sqs_event(&sink, event).await;
+        let failures = sink.handle(event).await;
         assert_eq!(
             failures.batch_item_failures.len(),
             msgs.len(),
@@ -424,7 +433,7 @@ async fn a_sink_that_never_recovers_dead_letters_and_replay_delivers_once() {
     let before = crm.requests().len();
     let (msgs, event) = deliver(sqs.clone(), queue.clone()).await;
     assert_eq!(msgs.len(), 1, "replayed");
-    let failures = handle_sqs_event(&sink, event).await;
+    let failures = sink.handle(event).await;
     assert!(failures.batch_item_failures.is_empty());
     for m in msgs {
         sqs.delete_message()
@@ -444,10 +453,7 @@ async fn a_sink_that_never_recovers_dead_letters_and_replay_delivers_once() {
         .await
         .unwrap();
     let (_, event) = deliver(sqs.clone(), queue.clone()).await;
-    assert!(handle_sqs_event(&sink, event)
-        .await
-        .batch_item_failures
-        .is_empty());
+    assert!(sink.handle(event).await.batch_item_failures.is_empty());
     assert_eq!(crm.requests().len() - before, 1, "no second push");
     common::leaks::assert_no_secret(SECRETS);
 }

@@ -1,8 +1,8 @@
 //! The built function binaries run through the Lambda runtime API (a local runtime API
 //! server), against moto and local fakes of a CRM and of Twilio. One test drives the whole
 //! chain: an API Gateway HTTP event into ingress, its message off the events queue into the
-//! router, the sink queues into crm-sync, sms-fallback and analytics, and the effects in
-//! DynamoDB, S3 and the fake servers. The configuration comes from an SSM parameter, as
+//! router, the sink queues into crm-sync, sms-fallback and analytics, the deliveries queue into
+//! deliver (a destination), and the effects in DynamoDB, S3 and the fake servers. The configuration comes from an SSM parameter, as
 //! deployed.
 
 mod common;
@@ -17,6 +17,8 @@ const FORGED: &str = "sb-forged-L4MBDA-0d9e3a55";
 const CRM_SECRET: &str = "whsec_bGFtYmRhLWNybS1zaWduaW5nLWtleQ==";
 const CRM_PATH_TOKEN: &str = "T0KEN-lambda-crm-path-61f2";
 const TWILIO_TOKEN: &str = "tw-ssm-T0KEN-5b2f90ad";
+const BOT_SECRET: &str = "whsec_Ym90LWxhbWJkYS1zaWduaW5nLWtleS0x";
+const BOT_TOKEN: &str = "Bearer bot-ssm-T0KEN-7c1e";
 /// In no function's log line and no answer: the secrets, and the message's text.
 const NEVER_SHOWN: &[&str] = &[
     SECRET,
@@ -24,6 +26,8 @@ const NEVER_SHOWN: &[&str] = &[
     CRM_SECRET,
     CRM_PATH_TOKEN,
     TWILIO_TOKEN,
+    BOT_SECRET,
+    "bot-ssm-T0KEN-7c1e",
     "Running late, 10 min",
 ];
 
@@ -96,7 +100,14 @@ async fn the_whole_chain_through_the_runtime_api() {
     common::create_idempotency_table(&ddb, &idem).await;
     common::create_idempotency_table(&ddb, &state).await;
     let mut queues = std::collections::HashMap::new();
-    for q in ["events", "crm", "sms", "analytics"] {
+    for q in [
+        "events",
+        "crm",
+        "sms",
+        "analytics",
+        "deliveries",
+        "deliveries-dlq",
+    ] {
         let name = common::unique(q);
         let url = common::create_queue(&sqs, &name).await;
         queues.insert(
@@ -109,6 +120,15 @@ async fn the_whole_chain_through_the_runtime_api() {
 
     let crm = FakeHttp::start(|_, _| (200, "{}".into())).await;
     let twilio = FakeHttp::start(twilio_ok).await;
+    let bot = FakeHttp::start(|_, _| (200, "{}".into())).await;
+    let bot_token_param = format!("/bluehook/test/{}", common::unique("bot-token"));
+    ssm.put_parameter()
+        .name(&bot_token_param)
+        .value(BOT_TOKEN)
+        .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+        .send()
+        .await
+        .unwrap();
     let config_param = format!("/bluehook/test/{}", common::unique("config"));
     let token_param = format!("/bluehook/test/{}", common::unique("twilio-token"));
     ssm.put_parameter()
@@ -137,9 +157,27 @@ auth_token = "ssm:{token_param}"
 from = "+15550001111"
 
 [sinks.analytics]
+
+[destinations.bot]
+url = "{bot}/hooks/bot"
+secret = "{BOT_SECRET}"
+headers = {{ Authorization = "ssm:{bot_token_param}" }}
+
+# [[routes]] replaces the defaults: they are written out, and every event also goes to the bot.
+[[routes]]
+to = ["analytics", "bot"]
+
+[[routes]]
+when = {{ kind = ["message.received", "message.status"] }}
+to = "crm"
+
+[[routes]]
+when = {{ kind = "message.status", status = "failed", service = "iMessage", direction = "outbound" }}
+to = "sms_fallback"
 "#,
         crm = crm.url,
-        twilio = twilio.url
+        twilio = twilio.url,
+        bot = bot.url
     );
     ssm.put_parameter()
         .name(&config_param)
@@ -163,6 +201,14 @@ from = "+15550001111"
                 queues["analytics"].0.clone(),
             ),
             ("BLUEHOOK_ANALYTICS_BUCKET", bucket.clone()),
+            (
+                "BLUEHOOK_DELIVERIES_QUEUE_URL",
+                queues["deliveries"].0.clone(),
+            ),
+            (
+                "BLUEHOOK_DELIVERIES_DLQ_URL",
+                queues["deliveries-dlq"].0.clone(),
+            ),
             ("BLUEHOOK_S3_PATH_STYLE", "true".into()),
             ("BLUEHOOK_LOG", "trace".into()),
         ];
@@ -175,7 +221,14 @@ from = "+15550001111"
 
     let mut apis = std::collections::HashMap::new();
     let mut children = Kill(Vec::new());
-    for f in ["ingress", "router", "crm-sync", "sms-fallback", "analytics"] {
+    for f in [
+        "ingress",
+        "router",
+        "crm-sync",
+        "sms-fallback",
+        "analytics",
+        "deliver",
+    ] {
         let api = RuntimeApi::start().await;
         children.0.push(start_function(f, &api, &env(&[])));
         apis.insert(f, api);
@@ -215,6 +268,7 @@ from = "+15550001111"
         ("crm-sync", "crm"),
         ("sms-fallback", "sms"),
         ("analytics", "analytics"),
+        ("deliver", "deliveries"),
     ] {
         let batch = sqs_event_from(&sqs, &queues[q].0, &queues[q].1).await;
         assert!(
@@ -251,6 +305,27 @@ from = "+15550001111"
         ids.len() <= 2 && ids.iter().all(|id| id.starts_with("sendblue:msg:h1:")),
         "{ids:?}"
     );
+    // The bot: each accepted event once, signed, with its header from SSM.
+    let delivered = bot.requests();
+    let mut ids: Vec<&str> = delivered
+        .iter()
+        .map(|r| r.headers["webhook-id"].as_str())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(
+        (delivered.len(), ids.len()),
+        (2, 2),
+        "each event delivered once"
+    );
+    for r in &delivered {
+        assert_eq!(r.path, "/hooks/bot");
+        assert_eq!(
+            r.headers["authorization"], BOT_TOKEN,
+            "header read from SSM"
+        );
+        assert!(r.headers["webhook-signature"].starts_with("v1,"));
+    }
     let sms = twilio.requests();
     assert_eq!(sms.len(), 1);
     assert_eq!(sms[0].form()["Body"], "Running late, 10 min");
@@ -305,6 +380,20 @@ from = "+15550001111"
         logs.contains("\"level\":\"TRACE\""),
         "the functions logged at trace level"
     );
+    // One line per attempt, with its EMF metrics: the bot's two deliveries, crm-sync's pushes.
+    let attempts: Vec<serde_json::Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == "delivery attempt")
+        .collect();
+    let of = |d: &str| {
+        attempts
+            .iter()
+            .filter(|a| a["Destination"] == d && a["Attempts"] == 1)
+            .count()
+    };
+    assert_eq!(of("bot"), 2, "{attempts:?}");
+    assert!(of("crm") >= 1 && of("sms_fallback") == 1, "{attempts:?}");
     common::leaks::record("the functions' logs", &logs);
     for (f, api) in &apis {
         common::leaks::record(&format!("{f}'s answers"), &api.posted());

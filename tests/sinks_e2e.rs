@@ -139,5 +139,37 @@ from = "+15550001111"
 
     let s = stats(dir.path());
     assert_eq!(s["analytics"]["messages_read"], 1);
+
+    // The sinks' attempts are the event's attempts, like a destination's.
+    let id = |a: &serde_json::Value| a["events"][0].as_str().unwrap().to_owned();
+    let error = common::events_show(dir.path(), &id(&answers[0]));
+    assert_eq!(error["deliveries"]["sms_fallback"], "delivered", "{error}");
+    assert_eq!(error["deliveries"]["crm"], "delivered", "{error}");
+    assert!(
+        error["deliveries"].get("analytics").is_none(),
+        "analytics archives batches: {error}"
+    );
+    let sms: Vec<&serde_json::Value> = error["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["destination"] == "sms_fallback")
+        .collect();
+    assert_eq!(sms.len(), 1, "{error}");
+    assert!(sms[0].get("detail").is_none(), "{error}");
+    // The second failure word for h1 finds the SMS sent.
+    let failed = common::events_show(dir.path(), &id(&answers[3]));
+    let sms = failed["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["destination"] == "sms_fallback")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        (sms["state"].as_str(), sms["detail"].as_str()),
+        (Some("delivered"), Some("already_done")),
+        "{failed}"
+    );
     assert!(dev.interrupt().success());
 }

@@ -3,11 +3,14 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 
 use crate::analytics::Analytics;
 use crate::config::{needs_ssm, Config};
+use crate::delivery::sqs::SqsDeliveries;
+use crate::delivery::{Deliverer, RetryPolicy};
 use crate::idempotency::dynamodb::DynamoIdempotency;
 use crate::ingress::{build_sources, Ingress, IngressRequest, RequestBody};
 use crate::metrics::LogMetrics;
@@ -34,6 +37,8 @@ pub const ENV_S3_PATH_STYLE: &str = "BLUEHOOK_S3_PATH_STYLE";
 /// The deliveries queue (one message per event and destination) and its dead-letter queue.
 pub const ENV_DELIVERIES_QUEUE_URL: &str = "BLUEHOOK_DELIVERIES_QUEUE_URL";
 pub const ENV_DELIVERIES_DLQ_URL: &str = "BLUEHOOK_DELIVERIES_DLQ_URL";
+/// The template's `MaxReceiveCount`: the sinks' queues' redrive, which their retry policy mirrors.
+pub const ENV_MAX_RECEIVE_COUNT: &str = "BLUEHOOK_MAX_RECEIVE_COUNT";
 
 /// The environment variable holding the queue URL of a destination.
 pub fn destination_queue_env(d: Destination) -> &'static str {
@@ -157,31 +162,53 @@ fn sink_section(config: &Config, d: Destination) -> anyhow::Result<&toml::Value>
         .ok_or_else(|| anyhow::anyhow!("the config has no [sinks.{}] section", d.as_str()))
 }
 
-/// Builds crm-sync from the environment: the state and idempotency tables, the CRM adapter.
-pub async fn crm_sync_from_env() -> anyhow::Result<CrmSync> {
+/// A sink's retry policy on AWS: its queue's. Each retry waits the queue's visibility timeout
+/// (the template's), and the redrive policy moves a message after `MaxReceiveCount` receives
+/// (`BLUEHOOK_MAX_RECEIVE_COUNT`, set from the same template parameter).
+fn sink_retry(visibility: Duration) -> RetryPolicy {
+    let max_attempts = std::env::var(ENV_MAX_RECEIVE_COUNT)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(5);
+    RetryPolicy {
+        max_attempts,
+        first_delay: visibility,
+        max_delay: visibility,
+    }
+}
+
+/// Builds crm-sync from the environment: the state and idempotency tables, the CRM adapter,
+/// run by the delivery engine on its queue.
+pub async fn crm_sync_from_env() -> anyhow::Result<SqsDeliveries> {
     let aws = aws_config::load_from_env().await;
     let ssm = aws_sdk_ssm::Client::new(&aws);
     let config = load_config(&ssm).await?;
     let adapter =
         CrmAdapter::from_config(sink_section(&config, Destination::Crm)?, None, Some(&ssm)).await?;
     let ddb = aws_sdk_dynamodb::Client::new(&aws);
-    Ok(CrmSync::new(
+    let crm = CrmSync::new(
         Arc::new(DynamoState::new(
             ddb.clone(),
             required_env(ENV_STATE_TABLE)?,
         )),
+        adapter,
+        Arc::new(LogMetrics),
+        sink_retry(Duration::from_secs(180)),
+    );
+    Ok(SqsDeliveries::sink(Arc::new(Deliverer::new(
+        crm,
         Arc::new(DynamoIdempotency::new(
             ddb,
             required_env(ENV_IDEMPOTENCY_TABLE)?,
         )),
-        adapter,
         Arc::new(LogMetrics),
-    ))
+    ))))
 }
 
 /// Builds sms-fallback from the environment: the state table (for content), the idempotency
-/// table (effect keys), the SMS provider.
-pub async fn sms_fallback_from_env() -> anyhow::Result<SmsFallback> {
+/// table (effect keys), the SMS provider, run by the delivery engine on its queue.
+pub async fn sms_fallback_from_env() -> anyhow::Result<SqsDeliveries> {
     let aws = aws_config::load_from_env().await;
     let ssm = aws_sdk_ssm::Client::new(&aws);
     let config = load_config(&ssm).await?;
@@ -192,23 +219,28 @@ pub async fn sms_fallback_from_env() -> anyhow::Result<SmsFallback> {
     )
     .await?;
     let ddb = aws_sdk_dynamodb::Client::new(&aws);
-    Ok(SmsFallback::new(
+    let sms = SmsFallback::new(
         Some(Arc::new(DynamoState::new(
             ddb.clone(),
             required_env(ENV_STATE_TABLE)?,
         ))),
+        sender,
+        Arc::new(LogMetrics),
+        sink_retry(Duration::from_secs(180)),
+    );
+    Ok(SqsDeliveries::sink(Arc::new(Deliverer::new(
+        sms,
         Arc::new(DynamoIdempotency::new(
             ddb,
             required_env(ENV_IDEMPOTENCY_TABLE)?,
         )),
-        sender,
         Arc::new(LogMetrics),
-    ))
+    ))))
 }
 
 /// Builds the deliver function from the environment: every `[destinations.*]` (secrets from
 /// SSM), effect keys in the idempotency table, the deliveries queue and its dead-letter queue.
-pub async fn deliver_from_env() -> anyhow::Result<crate::delivery::sqs::SqsDeliveries> {
+pub async fn deliver_from_env() -> anyhow::Result<SqsDeliveries> {
     let aws = aws_config::load_from_env().await;
     let ssm = aws_sdk_ssm::Client::new(&aws);
     let config = load_config(&ssm).await?;
@@ -217,15 +249,15 @@ pub async fn deliver_from_env() -> anyhow::Result<crate::delivery::sqs::SqsDeliv
         aws_sdk_dynamodb::Client::new(&aws),
         required_env(ENV_IDEMPOTENCY_TABLE)?,
     ));
-    let log: Arc<dyn crate::delivery::AttemptLog> = Arc::new(crate::delivery::sqs::EmfAttempts);
-    let deliverers = destinations
+    let targets = destinations
         .into_values()
         .map(|d| {
-            crate::delivery::Deliverer::new(d, effects.clone(), log.clone(), Arc::new(LogMetrics))
+            Arc::new(Deliverer::new(d, effects.clone(), Arc::new(LogMetrics)))
+                as Arc<dyn crate::delivery::Deliver>
         })
         .collect();
-    Ok(crate::delivery::sqs::SqsDeliveries::new(
-        deliverers,
+    Ok(SqsDeliveries::new(
+        targets,
         aws_sdk_sqs::Client::new(&aws),
         required_env(ENV_DELIVERIES_QUEUE_URL)?,
         required_env(ENV_DELIVERIES_DLQ_URL)?,

@@ -1,19 +1,14 @@
 //! Batch processing shared by every SQS-triggered stage (router, sinks): a [`Processor`] takes
 //! a batch of records and names the ones to retry; the Lambda adapter turns that into
-//! `ReportBatchItemFailures`, the local worker into "delete the others". One bad message never
-//! blocks or repeats the rest of its batch.
-
-use std::sync::Arc;
-use std::time::Duration;
+//! `ReportBatchItemFailures`, the local worker ([`crate::delivery::local::run_worker`]) into
+//! "delete the others". One bad message never blocks or repeats the rest of its batch.
+//! Per-event effects (sinks, destinations) run through the delivery engine instead.
 
 use async_trait::async_trait;
 #[cfg(feature = "lambda")]
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
-use tokio::sync::watch;
 
-use crate::event::Event;
-use crate::queue::{Queue, SqliteQueue};
-use crate::router::Router;
+use crate::queue::Queue;
 
 /// One message of a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,109 +75,6 @@ pub async fn handle_sqs_event(processor: &dyn Processor, event: SqsEvent) -> Sqs
         );
     }
     sqs_batch_response(failed)
-}
-
-/// How long a local worker keeps draining its queue after the stop signal.
-const DRAIN_ON_STOP: Duration = Duration::from_secs(5);
-
-/// Feeds a local queue to a processor until `shutdown`: what it processed is deleted (and
-/// counted as `processed.<queue>` in the same transaction); what it names for retry comes back
-/// after the visibility timeout and, past the maximum receives, moves to the dead-letter queue.
-pub async fn run_local_worker(
-    queue: SqliteQueue,
-    processor: Arc<dyn Processor>,
-    batch_size: usize,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let counter: &'static str = Box::leak(format!("processed.{}", queue.name()).into_boxed_str());
-    // After the stop signal, what is already queued is still processed, for a bounded time, so
-    // that a clean stop leaves nothing behind that was ready to go.
-    let mut drain_until: Option<tokio::time::Instant> = None;
-    loop {
-        if drain_until.is_none() && *shutdown.borrow() {
-            drain_until = Some(tokio::time::Instant::now() + DRAIN_ON_STOP);
-        }
-        let deliveries = match drain_until {
-            Some(deadline) if tokio::time::Instant::now() >= deadline => return,
-            Some(_) => queue.receive(batch_size, Duration::ZERO).await,
-            None => {
-                // A receive that has begun may already have taken messages: on a stop it is
-                // finished, not dropped, and what it took is processed.
-                let receive = queue.receive(batch_size, Duration::from_secs(1));
-                tokio::pin!(receive);
-                tokio::select! {
-                    got = &mut receive => got,
-                    _ = shutdown.changed() => receive.await,
-                }
-            }
-        };
-        let deliveries = match deliveries {
-            Ok(d) if d.is_empty() && drain_until.is_some() => return,
-            Ok(d) if d.is_empty() => continue,
-            Ok(d) => d,
-            Err(e) => {
-                tracing::error!(queue = queue.name(), error = %e, "receive failed");
-                if drain_until.is_some() {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        let records = deliveries
-            .iter()
-            .map(|d| Record {
-                id: d.receipt.clone(),
-                body: d.body.clone(),
-                receive_count: d.receive_count,
-            })
-            .collect();
-        let failed = processor.process(records).await;
-        let done: Vec<String> = deliveries
-            .into_iter()
-            .map(|d| d.receipt)
-            .filter(|r| !failed.contains(r))
-            .collect();
-        if !failed.is_empty() {
-            tracing::warn!(
-                queue = queue.name(),
-                failed = failed.len(),
-                "records left for retry"
-            );
-        }
-        if let Err(e) = queue.delete_counted(&done, counter).await {
-            tracing::error!(queue = queue.name(), error = %e, "delete failed");
-        }
-    }
-}
-
-/// A stage that handles one event at a time; as a [`Processor`] it handles a batch's events
-/// concurrently and names for retry the records that are not events and the events it
-/// answered `false` for.
-#[async_trait]
-pub trait EventSink: Send + Sync {
-    fn name(&self) -> &'static str;
-    /// Handles one event; `false` means retry it.
-    async fn handle(&self, event: &Event) -> bool;
-}
-
-#[async_trait]
-impl<T: EventSink> Processor for T {
-    fn name(&self) -> &'static str {
-        EventSink::name(self)
-    }
-
-    async fn process(&self, batch: Vec<Record>) -> Vec<String> {
-        let (events, mut failed) = Router::parse_batch(&batch);
-        let outcomes = futures_util::future::join_all(
-            events
-                .iter()
-                .map(|(r, e)| async move { (r.id.clone(), self.handle(e).await) }),
-        )
-        .await;
-        failed.extend(outcomes.into_iter().filter(|(_, ok)| !ok).map(|(id, _)| id));
-        failed
-    }
 }
 
 /// Sends `bodies` to `queue` in batches of ten; the ids of the records whose send failed.

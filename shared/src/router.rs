@@ -46,8 +46,23 @@ impl Router {
     }
 
     /// Every sink and destination `e` is routed to.
+    /// The sinks and destinations `e` goes to: those its routes name that this router has a
+    /// queue for.
     pub fn targets(&self, e: &Event) -> Vec<String> {
-        self.routes.targets(e)
+        let mut out: Vec<String> = self
+            .routes
+            .destinations(e)
+            .into_iter()
+            .filter(|d| self.queues.contains_key(d))
+            .map(|d| d.as_str().to_owned())
+            .collect();
+        out.extend(
+            self.routes
+                .endpoints(e)
+                .into_iter()
+                .filter(|n| self.endpoints.contains_key(n)),
+        );
+        out
     }
 
     /// Parses a batch: the events, and the ids of records that are not events.

@@ -126,7 +126,8 @@ CREATE TABLE IF NOT EXISTS delivery_attempts (
     status INTEGER,                 -- the HTTP status, when there was an answer
     error TEXT,                     -- timeout | connect | reset, when there was none
     duration_ms INTEGER NOT NULL,
-    state TEXT NOT NULL             -- delivered | retrying | dead_lettered, after this attempt
+    state TEXT NOT NULL,            -- delivered | skipped | retrying | dead_lettered, after it
+    detail TEXT                     -- a skip's reason, a failure's short message
 );
 CREATE INDEX IF NOT EXISTS delivery_attempts_event ON delivery_attempts(event_id);
 
@@ -159,6 +160,17 @@ fn open_connection(path: &Path) -> Result<Connection, DbError> {
     Ok(conn)
 }
 
+/// Brings a data folder written by an earlier version up to this schema: columns added since.
+fn migrate(conn: &Connection) -> Result<(), DbError> {
+    let has_detail = conn
+        .prepare("SELECT 1 FROM pragma_table_info('delivery_attempts') WHERE name = 'detail'")?
+        .exists([])?;
+    if !has_detail {
+        conn.execute_batch("ALTER TABLE delivery_attempts ADD COLUMN detail TEXT")?;
+    }
+    Ok(())
+}
+
 impl Db {
     /// Opens (creating if needed) the database at `path` and starts its writer thread.
     pub fn open(path: &Path) -> Result<Db, DbError> {
@@ -167,6 +179,7 @@ impl Db {
         }
         let conn = open_connection(path)?;
         conn.execute_batch(SCHEMA)?;
+        migrate(&conn)?;
         let (tx, rx) = mpsc::channel::<Job>();
         let counters = PendingCounters::default();
         let pending = counters.clone();

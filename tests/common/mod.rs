@@ -248,6 +248,21 @@ impl Drop for DevProcess {
 }
 
 /// `bluehook stats --json` for a data folder.
+/// `bluehook events show <id> --json` on a data folder.
+pub fn events_show(data_dir: &Path, id: &str) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_bluehook"))
+        .args(["events", "show", id, "--json", "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 pub fn stats(data_dir: &Path) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_bluehook"))
         .args(["stats", "--json", "--data-dir"])

@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use aws_lambda_events::sqs::SqsEvent;
-use bluehook::processing::handle_sqs_event;
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 
 // One thread: a function instance handles one invocation at a time, and on 128 MB it has a
@@ -17,7 +16,7 @@ async fn main() -> Result<(), Error> {
     });
     run(service_fn(move |event: LambdaEvent<SqsEvent>| {
         let sink = sink.clone();
-        async move { Ok::<_, Error>(handle_sqs_event(sink.as_ref(), event.payload).await) }
+        async move { Ok::<_, Error>(sink.handle(event.payload).await) }
     }))
     .await
 }

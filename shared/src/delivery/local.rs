@@ -1,20 +1,21 @@
-//! Destinations in `bluehook dev`: one SQLite queue per destination (`dest-<name>`, with its
-//! `-dlq`) and one worker each, so a slow or failing destination holds up only itself; every
-//! attempt in the `delivery_attempts` table; every routed event in `events_index`, for
-//! `bluehook events` and `stats`.
+//! The local carrier (`bluehook dev`): one SQLite queue and one worker per stage (the router,
+//! each sink, each destination as `dest-<name>`, each with its `-dlq`), so a slow or failing
+//! one holds up only itself; every attempt in the `delivery_attempts` table; every routed event
+//! in `events_index`, for `bluehook events` and `stats`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use super::{AttemptLog, AttemptRecord, Deliverer, DeliveryMessage, RateLimiter, Verdict};
-use crate::queue::sqlite::{dead_letter_name, queue_depth};
-use crate::queue::{Queue, SqliteQueue};
+use super::{AttemptRecord, Attempted, Completion, Deliver, Format, RateLimiter, Verdict};
+use crate::idempotency::sqlite::complete_in;
+use crate::processing::{Processor, Record};
+use crate::queue::sqlite::{dead_letter_name, queue_depth, Settlement};
+use crate::queue::{Delivery, Queue, SqliteQueue};
 use crate::sqlite::{Db, DbError};
 
 /// The local queue of destination `name`.
@@ -22,46 +23,26 @@ pub fn queue_name(name: &str) -> String {
     format!("dest-{name}")
 }
 
-/// Attempts into the embedded database.
-#[derive(Clone)]
-pub struct SqliteAttempts {
-    db: Db,
-}
-
-impl SqliteAttempts {
-    pub fn new(db: Db) -> SqliteAttempts {
-        SqliteAttempts { db }
+/// Writes attempts inside the caller's transaction.
+fn insert_attempts(c: &rusqlite::Connection, attempts: &[AttemptRecord]) -> rusqlite::Result<()> {
+    let mut insert = c.prepare_cached(
+        "INSERT INTO delivery_attempts(event_id, destination, attempt, at_ms, status, error,
+            duration_ms, state, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?;
+    for a in attempts {
+        insert.execute(params![
+            a.event_id,
+            a.destination,
+            a.attempt,
+            a.at.timestamp_millis(),
+            a.status,
+            a.error,
+            a.duration_ms as i64,
+            a.state,
+            a.detail
+        ])?;
     }
-}
-
-#[async_trait]
-impl AttemptLog for SqliteAttempts {
-    async fn record(&self, a: &AttemptRecord) {
-        let a = a.clone();
-        let written = self
-            .db
-            .write(move |c| {
-                c.prepare_cached(
-                    "INSERT INTO delivery_attempts(event_id, destination, attempt, at_ms, status,
-                        error, duration_ms, state) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                )?
-                .execute(params![
-                    a.event_id,
-                    a.destination,
-                    a.attempt,
-                    a.at.timestamp_millis(),
-                    a.status,
-                    a.error,
-                    a.duration_ms as i64,
-                    a.state
-                ])
-                .map(|_| ())
-            })
-            .await;
-        if let Err(e) = written {
-            tracing::warn!(error = %e, "a delivery attempt could not be recorded");
-        }
-    }
+    Ok(())
 }
 
 /// One routed event as `bluehook events` finds it.
@@ -119,76 +100,187 @@ pub async fn prune(db: &Db) -> Result<(), DbError> {
     .await
 }
 
-/// Feeds destination `deliverer`'s queue to it until `shutdown`, `concurrency` deliveries at a
-/// time, no faster than `limiter` allows. Each verdict is carried out on the queue: delivered
-/// messages are deleted, retries hidden for their backoff, the exhausted moved to the `-dlq`.
-pub async fn run_worker(
-    queue: SqliteQueue,
-    deliverer: Arc<Deliverer>,
-    concurrency: usize,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let limiter = deliverer
-        .destination
-        .rate_limit_per_sec
-        .map(|n| Arc::new(RateLimiter::new(n)));
+/// How long a local worker keeps draining its queue after the stop signal.
+const DRAIN_ON_STOP: Duration = Duration::from_secs(5);
+
+/// What a local worker feeds its queue's messages to.
+pub enum Stage {
+    /// Whole batches (the router, analytics): the records the processor names for retry come
+    /// back after the queue's visibility timeout (and past the maximum receives go to the
+    /// dead-letter queue); the others are deleted.
+    Batch {
+        processor: Arc<dyn Processor>,
+        batch: usize,
+    },
+    /// One delivery per message, through the engine (the sinks' and destinations' targets),
+    /// `concurrency` at a time and no faster than the target's rate limit.
+    Each {
+        target: Arc<dyn Deliver>,
+        format: Format,
+        concurrency: usize,
+    },
+}
+
+/// Feeds `queue` to `stage` until `shutdown`, then drains what is ready for a few seconds.
+/// Every batch ends in one transaction: the effects done completed, the attempts recorded,
+/// finished messages deleted (and counted as `processed.<queue>`), retries hidden for their
+/// backoff, the exhausted moved to the `-dlq`. The effect keys live in the same database (the
+/// local idempotency store), so a crash never leaves an effect done but its message queued
+/// without its key completed.
+pub async fn run_worker(queue: SqliteQueue, stage: Stage, mut shutdown: watch::Receiver<bool>) {
     let counter: &'static str = Box::leak(format!("processed.{}", queue.name()).into_boxed_str());
+    let (max, limiter) = match &stage {
+        Stage::Batch { batch, .. } => (*batch, None),
+        Stage::Each {
+            target,
+            concurrency,
+            ..
+        } => (*concurrency, RateLimiter::of(&target.policy())),
+    };
+    // After the stop signal, what is already queued is still processed, for a bounded time, so
+    // that a clean stop leaves nothing behind that was ready to go.
+    let mut drain_until: Option<tokio::time::Instant> = None;
     loop {
-        if *shutdown.borrow() {
-            return;
+        if drain_until.is_none() && *shutdown.borrow() {
+            drain_until = Some(tokio::time::Instant::now() + DRAIN_ON_STOP);
         }
-        let receive = queue.receive(concurrency, Duration::from_secs(1));
-        tokio::pin!(receive);
-        let got = tokio::select! {
-            got = &mut receive => got,
-            _ = shutdown.changed() => receive.await,
+        let received = match drain_until {
+            Some(deadline) if tokio::time::Instant::now() >= deadline => return,
+            Some(_) => queue.receive(max, Duration::ZERO).await,
+            None => {
+                // A receive that has begun may already have taken messages: on a stop it is
+                // finished, not dropped, and what it took is processed.
+                let receive = queue.receive(max, Duration::from_secs(1));
+                tokio::pin!(receive);
+                tokio::select! {
+                    got = &mut receive => got,
+                    _ = shutdown.changed() => receive.await,
+                }
+            }
         };
-        let deliveries = match got {
+        let deliveries = match received {
+            Ok(d) if d.is_empty() && drain_until.is_some() => return,
+            Ok(d) if d.is_empty() => continue,
             Ok(d) => d,
             Err(e) => {
                 tracing::error!(queue = queue.name(), error = %e, "receive failed");
+                if drain_until.is_some() {
+                    return;
+                }
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
         };
-        let attempts = deliveries.into_iter().map(|d| {
-            let (deliverer, limiter) = (deliverer.clone(), limiter.clone());
-            async move {
-                let verdict = match serde_json::from_str::<DeliveryMessage>(&d.body) {
-                    Ok(m) => {
-                        if let Some(l) = &limiter {
-                            l.acquire().await;
-                        }
-                        deliverer.deliver(&m.event, d.receive_count).await
-                    }
-                    Err(e) => {
-                        tracing::error!(queue = %d.message_id, error = %e, "not a delivery; dead-lettered");
-                        Verdict::DeadLetter
-                    }
-                };
-                (d.receipt, verdict)
+        let (settlement, attempts, completions) = match &stage {
+            Stage::Batch { processor, .. } => (
+                process_batch(processor.as_ref(), deliveries).await,
+                Vec::new(),
+                Vec::new(),
+            ),
+            Stage::Each { target, format, .. } => {
+                deliver_each(target, *format, limiter.as_deref(), deliveries).await
             }
-        });
-        let mut done = Vec::new();
-        for (receipt, verdict) in futures_util::future::join_all(attempts).await {
-            let carried = match verdict {
-                Verdict::Delivered | Verdict::AlreadyDelivered => {
-                    done.push(receipt);
-                    Ok(())
-                }
-                Verdict::RetryIn(delay) => queue.retry_later(&receipt, delay).await,
-                Verdict::DeadLetter => queue.dead_letter(&receipt).await,
-            };
-            if let Err(e) = carried {
-                tracing::error!(queue = queue.name(), error = %e, "a verdict could not be carried out; the message comes back after its visibility timeout");
-            }
+        };
+        if !settlement.retry.is_empty() || !settlement.dead.is_empty() {
+            tracing::debug!(
+                queue = queue.name(),
+                retrying = settlement.retry.len(),
+                dead_lettered = settlement.dead.len(),
+                "deliveries not finished"
+            );
         }
-        if !done.is_empty() {
-            if let Err(e) = queue.delete_counted(&done, counter).await {
-                tracing::error!(queue = queue.name(), error = %e, "delete failed");
-            }
+        let q = queue.clone();
+        let settled = queue
+            .db()
+            .write(move |c| {
+                for done in &completions {
+                    let n = complete_in(
+                        c,
+                        &done.key,
+                        &done.token.0,
+                        done.times(),
+                        done.result.as_deref(),
+                    )?;
+                    if n == 0 {
+                        tracing::warn!("effect done but its claim had lapsed");
+                    }
+                }
+                insert_attempts(c, &attempts)?;
+                q.settle_in(c, &settlement, Some(counter))
+            })
+            .await;
+        if let Err(e) = settled {
+            tracing::error!(queue = queue.name(), error = %e, "a batch could not be settled; its messages come back after their visibility timeout");
         }
     }
+}
+
+/// A batch through a processor: what it names is left for the visibility timeout.
+async fn process_batch(processor: &dyn Processor, deliveries: Vec<Delivery>) -> Settlement {
+    let records = deliveries
+        .iter()
+        .map(|d| Record {
+            id: d.receipt.clone(),
+            body: d.body.clone(),
+            receive_count: d.receive_count,
+        })
+        .collect();
+    let failed = processor.process(records).await;
+    if !failed.is_empty() {
+        tracing::warn!(
+            stage = processor.name(),
+            failed = failed.len(),
+            "records left for retry"
+        );
+    }
+    Settlement {
+        done: deliveries
+            .into_iter()
+            .map(|d| d.receipt)
+            .filter(|r| !failed.contains(r))
+            .collect(),
+        ..Settlement::default()
+    }
+}
+
+/// Each message through the engine, all at once (the rate limit spacing their starts).
+async fn deliver_each(
+    target: &Arc<dyn Deliver>,
+    format: Format,
+    limiter: Option<&RateLimiter>,
+    deliveries: Vec<Delivery>,
+) -> (Settlement, Vec<AttemptRecord>, Vec<Completion>) {
+    let attempts = deliveries.into_iter().map(|d| async move {
+        let attempted = match format.parse(&d.body) {
+            Ok((_, event)) => {
+                if let Some(l) = limiter {
+                    l.acquire().await;
+                }
+                target.deliver(&event, d.receive_count).await
+            }
+            Err(e) => {
+                tracing::error!(queue_message = %d.message_id, error = %e, "not a delivery; dead-lettered");
+                Attempted {
+                    verdict: Verdict::DeadLetter,
+                    record: None,
+                    completion: None,
+                }
+            }
+        };
+        (d.receipt, attempted)
+    });
+    let mut settlement = Settlement::default();
+    let (mut records, mut completions) = (Vec::new(), Vec::new());
+    for (receipt, a) in futures_util::future::join_all(attempts).await {
+        match a.verdict {
+            v if v.finished() => settlement.done.push(receipt),
+            Verdict::RetryIn(delay) => settlement.retry.push((receipt, delay)),
+            _ => settlement.dead.push(receipt),
+        }
+        records.extend(a.record);
+        completions.extend(a.completion);
+    }
+    (settlement, records, completions)
 }
 
 /// The destinations a data folder knows: those with a queue or an attempt.
@@ -288,7 +380,7 @@ pub struct EventSummary {
 
 fn attempts_of(c: &rusqlite::Connection, id: &str) -> rusqlite::Result<Vec<AttemptRecord>> {
     let mut stmt = c.prepare_cached(
-        "SELECT destination, attempt, at_ms, status, error, duration_ms, state
+        "SELECT destination, attempt, at_ms, status, error, duration_ms, state, detail
          FROM delivery_attempts WHERE event_id = ?1 ORDER BY seq",
     )?;
     let rows = stmt.query_map([id], |r| {
@@ -301,16 +393,18 @@ fn attempts_of(c: &rusqlite::Connection, id: &str) -> rusqlite::Result<Vec<Attem
             error: r.get(4)?,
             duration_ms: r.get::<_, i64>(5)? as u64,
             state: r.get(6)?,
+            detail: r.get(7)?,
         })
     })?;
     rows.collect()
 }
 
-/// Each routed destination's state: its last attempt's, or `queued` before any.
+/// Each routed destination's and sink's state: its last attempt's, or `queued` before any
+/// (analytics archives batches, not events: it has none).
 fn states(routes: &[String], attempts: &[AttemptRecord]) -> BTreeMap<String, String> {
     routes
         .iter()
-        .filter(|r| !crate::destinations::RESERVED.contains(&r.as_str()))
+        .filter(|r| r.as_str() != "analytics")
         .map(|d| {
             let last = attempts.iter().rev().find(|a| &a.destination == d);
             (

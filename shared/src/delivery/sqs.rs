@@ -1,27 +1,28 @@
-//! Destinations on AWS: the router puts one message per (event, destination) on the deliveries
-//! queue; the deliver function attempts each and carries out the verdict on SQS itself. A retry
-//! stays on the queue, hidden for its backoff (`ChangeMessageVisibility`, reported as a batch
-//! item failure so Lambda does not delete it); an exhausted delivery is sent to the dead-letter
-//! queue and deleted. Each attempt is one JSON log line that is also a CloudWatch EMF document
-//! (Attempts, Delivered, Failed, Latency per destination).
+//! The delivery engine on AWS. Destinations: the router puts one message per (event,
+//! destination) on the deliveries queue; the deliver function attempts each and carries out the
+//! verdict on SQS itself. A retry stays on the queue, hidden for its backoff
+//! (`ChangeMessageVisibility`, reported as a batch item failure so Lambda does not delete it);
+//! an exhausted delivery is sent to the dead-letter queue and deleted. Sinks (crm-sync,
+//! sms-fallback): the same engine on their own queues, whose redrive policy does the retrying.
+//! Each attempt is one JSON log line that is also a CloudWatch EMF document (Attempts,
+//! Delivered, Failed, Latency per destination or sink).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
 use aws_sdk_sqs::error::DisplayErrorContext;
 
-use super::{AttemptLog, AttemptRecord, Deliverer, DeliveryMessage, RateLimiter, Verdict};
+use super::{AttemptRecord, Deliver, Format, RateLimiter, Verdict};
 use crate::processing::sqs_batch_response;
 
-/// One line per attempt on stdout: the attempt's fields, and the metrics as EMF.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct EmfAttempts;
-
-/// The attempt's log line (and EMF document), at `now_ms`.
+/// The attempt's log line (and EMF document), at `now_ms`: one per attempt on stdout.
 pub fn attempt_line(a: &AttemptRecord, now_ms: i64) -> String {
-    let delivered = u8::from(a.state == "delivered");
+    // A skip (the event needed nothing) and a delivery found done before are recorded, not
+    // counted as attempts.
+    let counted = a.state != "skipped" && a.detail.as_deref() != Some(super::ALREADY_DONE);
+    let attempts = u8::from(counted);
+    let delivered = u8::from(counted && a.state == "delivered");
     let failed = u8::from(a.state == "dead_lettered");
     serde_json::json!({
         "_aws": {
@@ -39,7 +40,7 @@ pub fn attempt_line(a: &AttemptRecord, now_ms: i64) -> String {
         },
         "message": "delivery attempt",
         "Destination": a.destination,
-        "Attempts": 1,
+        "Attempts": attempts,
         "Delivered": delivered,
         "Failed": failed,
         "Latency": a.duration_ms,
@@ -48,49 +49,84 @@ pub fn attempt_line(a: &AttemptRecord, now_ms: i64) -> String {
         "status": a.status,
         "error": a.error,
         "state": a.state,
+        "detail": a.detail,
     })
     .to_string()
 }
 
-#[async_trait]
-impl AttemptLog for EmfAttempts {
-    async fn record(&self, a: &AttemptRecord) {
-        println!("{}", attempt_line(a, chrono::Utc::now().timestamp_millis()));
-    }
+/// Where verdicts go on SQS.
+enum Settle {
+    /// The destinations' queue: a retry is hidden for its backoff with
+    /// `ChangeMessageVisibility`, the exhausted are sent to the dead-letter queue and deleted.
+    Backoff {
+        sqs: aws_sdk_sqs::Client,
+        queue_url: String,
+        dlq_url: String,
+    },
+    /// A sink's queue: a retry or a dead-letter verdict leaves the message to the queue's own
+    /// visibility timeout and redrive policy (`maxReceiveCount`, which the sink's retry policy
+    /// mirrors).
+    Redrive,
 }
 
-/// The deliver function's handler.
+/// A target and its rate limiter, if it has one.
+type Limited = (Arc<dyn Deliver>, Option<Arc<RateLimiter>>);
+
+/// The SQS carrier of the delivery engine: the deliver function's handler (every destination,
+/// [`super::DeliveryMessage`] envelopes) and the crm-sync and sms-fallback functions' (one sink, bare
+/// events).
 pub struct SqsDeliveries {
-    deliverers: BTreeMap<String, (Arc<Deliverer>, Option<Arc<RateLimiter>>)>,
-    sqs: aws_sdk_sqs::Client,
-    queue_url: String,
-    dlq_url: String,
+    targets: BTreeMap<String, Limited>,
+    format: Format,
+    settle: Settle,
 }
 
 impl SqsDeliveries {
+    /// The deliver function: every destination, from the deliveries queue.
     pub fn new(
-        deliverers: Vec<Deliverer>,
+        targets: Vec<Arc<dyn Deliver>>,
         sqs: aws_sdk_sqs::Client,
         queue_url: String,
         dlq_url: String,
     ) -> SqsDeliveries {
-        let deliverers = deliverers
+        SqsDeliveries {
+            targets: Self::by_name(targets),
+            format: Format::Envelope,
+            settle: Settle::Backoff {
+                sqs,
+                queue_url,
+                dlq_url,
+            },
+        }
+    }
+
+    /// A sink function: one target, from its own queue.
+    pub fn sink(target: Arc<dyn Deliver>) -> SqsDeliveries {
+        SqsDeliveries {
+            targets: Self::by_name(vec![target]),
+            format: Format::Event,
+            settle: Settle::Redrive,
+        }
+    }
+
+    fn by_name(targets: Vec<Arc<dyn Deliver>>) -> BTreeMap<String, Limited> {
+        targets
             .into_iter()
             .map(|d| {
                 // Per function instance: with the event source mapping's maximum concurrency
                 // N, a destination sees at most N times its rate (see the README).
-                let limiter = d
-                    .destination
-                    .rate_limit_per_sec
-                    .map(|n| Arc::new(RateLimiter::new(n)));
-                (d.destination.name.clone(), (Arc::new(d), limiter))
+                let limiter = RateLimiter::of(&d.policy());
+                (d.name().to_owned(), (d, limiter))
             })
-            .collect();
-        SqsDeliveries {
-            deliverers,
-            sqs,
-            queue_url,
-            dlq_url,
+            .collect()
+    }
+
+    /// The target of a message.
+    fn target(&self, named: Option<&str>) -> Option<&Limited> {
+        match named {
+            Some(name) => self.targets.get(name),
+            None if self.targets.len() == 1 => self.targets.values().next(),
+            None => None,
         }
     }
 
@@ -105,29 +141,34 @@ impl SqsDeliveries {
                 .unwrap_or(1);
             let body = m.body.unwrap_or_default();
             let receipt = m.receipt_handle.unwrap_or_default();
-            let delivery = serde_json::from_str::<DeliveryMessage>(&body).ok();
-            let verdict = match delivery
+            let parsed = self.format.parse(&body).ok();
+            let verdict = match parsed
                 .as_ref()
-                .and_then(|d| self.deliverers.get(&d.destination).map(|x| (d, x)))
+                .and_then(|(name, e)| self.target(name.as_deref()).map(|t| (e, t)))
             {
-                Some((d, (deliverer, limiter))) => {
+                Some((event, (target, limiter))) => {
                     if let Some(l) = limiter {
                         l.acquire().await;
                     }
-                    deliverer.deliver(&d.event, receive_count).await
+                    // The effect's key is completed before the message can be deleted.
+                    let a = target.deliver_completed(event, receive_count).await;
+                    if let Some(r) = &a.record {
+                        println!("{}", attempt_line(r, chrono::Utc::now().timestamp_millis()));
+                    }
+                    a.verdict
                 }
                 None => {
                     tracing::error!(record = %id, "not a delivery to a configured destination; dead-lettered");
                     Verdict::DeadLetter
                 }
             };
-            let keep = match verdict {
-                Verdict::Delivered | Verdict::AlreadyDelivered => false,
-                Verdict::RetryIn(delay) => {
-                    let hidden = self
-                        .sqs
+            let keep = match (verdict, &self.settle) {
+                (v, _) if v.finished() => false,
+                (_, Settle::Redrive) => true,
+                (Verdict::RetryIn(delay), Settle::Backoff { sqs, queue_url, .. }) => {
+                    let hidden = sqs
                         .change_message_visibility()
-                        .queue_url(&self.queue_url)
+                        .queue_url(queue_url)
                         .receipt_handle(&receipt)
                         .visibility_timeout(delay.as_secs().clamp(1, 43_200) as i32)
                         .send()
@@ -137,11 +178,10 @@ impl SqsDeliveries {
                     }
                     true
                 }
-                Verdict::DeadLetter => {
-                    let sent = self
-                        .sqs
+                (_, Settle::Backoff { sqs, dlq_url, .. }) => {
+                    let sent = sqs
                         .send_message()
-                        .queue_url(&self.dlq_url)
+                        .queue_url(dlq_url)
                         .message_body(body)
                         .send()
                         .await;
@@ -180,6 +220,7 @@ mod tests {
             error: None,
             duration_ms: 12,
             state: "delivered".into(),
+            detail: None,
         };
         let v: serde_json::Value = serde_json::from_str(&attempt_line(&a, 5)).unwrap();
         assert_eq!(

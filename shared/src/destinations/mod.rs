@@ -1,14 +1,17 @@
 //! Destinations: the user's own HTTP endpoints, each a `[destinations.<name>]` section, addressed
 //! by routes exactly like the built-in sinks. This module owns their settings and what one
-//! delivery attempt sends and how its answer is judged; [`crate::delivery`] runs the attempts
-//! (effect keys, retries with backoff, dead-lettering, the record of every attempt).
+//! delivery attempt sends and how its answer is judged: a [`Target`] that
+//! [`crate::delivery`] runs like every other (effect keys, retries with backoff,
+//! dead-lettering, the record of every attempt).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use http::header::{HeaderName, HeaderValue};
 
 use crate::config::{ConfigError, Secret, SsmReader};
+use crate::delivery::{Outcome, Planned, Policy, Target};
 use crate::event::Event;
 use crate::provider::standard_webhooks;
 use crate::sinks::SinkSettings;
@@ -25,37 +28,7 @@ pub enum BodyMode {
     Raw,
 }
 
-/// When to try again, and how often.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
-    pub max_attempts: u32,
-    /// Before the second attempt; doubles for each one after.
-    pub first_delay: Duration,
-    /// No wait is longer, a `Retry-After` included.
-    pub max_delay: Duration,
-}
-
-impl RetryPolicy {
-    /// The wait after failed attempt number `attempt` (1-based): `first_delay * 2^(attempt-1)`,
-    /// capped, with jitter (between half and all of it, so that a burst of failures does not
-    /// come back as one burst). A `Retry-After` the destination gave wins, capped too.
-    pub fn delay_after(
-        &self,
-        attempt: u32,
-        retry_after: Option<Duration>,
-        jitter: f64,
-    ) -> Duration {
-        if let Some(asked) = retry_after {
-            return asked.min(self.max_delay);
-        }
-        let exp = attempt.saturating_sub(1).min(30);
-        let full = self
-            .first_delay
-            .saturating_mul(1u32 << exp)
-            .min(self.max_delay);
-        full.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
-    }
-}
+pub use crate::delivery::RetryPolicy;
 
 /// One `[destinations.<name>]`.
 pub struct Destination {
@@ -323,6 +296,65 @@ impl Destination {
     }
 }
 
+#[async_trait]
+impl Target for Destination {
+    type Work = ();
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn policy(&self) -> Policy {
+        Policy {
+            retry: self.retry,
+            effects: "destination",
+            // An attempt holds its claim for at most its timeout; a crash mid-attempt frees it
+            // soon after.
+            lease: self.timeout + Duration::from_secs(30),
+            ttl: Duration::from_secs(7 * 24 * 3600),
+            // Every attempt carries the same webhook-id: the receiver drops a copy.
+            repeat_unknown: true,
+            rate_limit_per_sec: self.rate_limit_per_sec,
+        }
+    }
+
+    async fn plan(&self, event: &Event) -> Result<Planned<()>, String> {
+        Ok(Planned::Effect {
+            key: format!("{}:{}", self.name, event.id),
+            work: (),
+        })
+    }
+
+    async fn perform(&self, event: &Event, _: &()) -> Outcome {
+        match self.attempt(event).await.0 {
+            AttemptResult::Answered { status, .. } if (200..300).contains(&status) => {
+                Outcome::Done {
+                    status: Some(status),
+                    result: None,
+                }
+            }
+            AttemptResult::Answered {
+                status,
+                retry_after,
+                ..
+            } => Outcome::Failed {
+                status: Some(status),
+                error: None,
+                detail: None,
+                retry_after,
+                definite: true,
+            },
+            AttemptResult::Failed { class } => Outcome::Failed {
+                status: None,
+                error: Some(class),
+                detail: None,
+                retry_after: None,
+                definite: false,
+            },
+        }
+    }
+}
+
 /// `Retry-After` as seconds or an HTTP date.
 fn parse_retry_after(v: &str) -> Option<Duration> {
     let v = v.trim();
@@ -349,12 +381,12 @@ fn error_class(e: &reqwest::Error) -> &'static str {
 pub async fn from_config(
     sections: &BTreeMap<String, toml::Value>,
     ssm: Option<&dyn SsmReader>,
-) -> Result<BTreeMap<String, std::sync::Arc<Destination>>, ConfigError> {
+) -> Result<BTreeMap<String, Destination>, ConfigError> {
     let mut out = BTreeMap::new();
     for (name, value) in sections {
         out.insert(
             name.clone(),
-            std::sync::Arc::new(Destination::from_config(name, value, ssm).await?),
+            Destination::from_config(name, value, ssm).await?,
         );
     }
     Ok(out)

@@ -72,6 +72,22 @@ pub(crate) fn claim_in(
     })
 }
 
+/// The complete step as one statement inside the caller's transaction; how many keys it
+/// completed (0: the claim was lost).
+pub(crate) fn complete_in(
+    c: &rusqlite::Connection,
+    key: &str,
+    token: &str,
+    t: ClaimTimes,
+    result: Option<&str>,
+) -> rusqlite::Result<usize> {
+    c.prepare_cached(
+        "UPDATE idempotency SET state = 'completed', expires_at = ?3, result = coalesce(?4, result)
+         WHERE key = ?1 AND token = ?2 AND state = 'in_progress'",
+    )?
+    .execute(params![key, token, t.expires_at_secs(), result])
+}
+
 #[derive(Clone)]
 pub struct SqliteIdempotency {
     db: Db,
@@ -138,13 +154,7 @@ impl IdempotencyStore for SqliteIdempotency {
         let (key, tok, result) = (key.to_owned(), token.0.clone(), result.map(str::to_owned));
         let n = self
             .db
-            .write(move |c| {
-                c.execute(
-                    "UPDATE idempotency SET state = 'completed', expires_at = ?3, result = coalesce(?4, result)
-                     WHERE key = ?1 AND token = ?2 AND state = 'in_progress'",
-                    params![key, tok, t.expires_at_secs(), result],
-                )
-            })
+            .write(move |c| complete_in(c, &key, &tok, t, result.as_deref()))
             .await
             .map_err(|e| StoreError(e.to_string()))?;
         if n == 1 {

@@ -16,12 +16,13 @@ use std::collections::BTreeMap;
 
 use crate::analytics::Analytics;
 use crate::config::{needs_ssm, Config, SourceConfig};
+use crate::delivery::local::{run_worker, Stage};
+use crate::delivery::{Deliver, Deliverer, Format, RetryPolicy};
 use crate::idempotency::sqlite::SqliteIdempotency;
 use crate::idempotency::IdempotencyStore;
 use crate::ingress::{build_sources, Ingress};
 use crate::metrics::SqliteCounters;
 use crate::objects::LocalDir;
-use crate::processing::{run_local_worker, Processor};
 use crate::queue::Queue;
 use crate::queue::SqliteQueue;
 use crate::router::Router;
@@ -46,7 +47,7 @@ pub fn local_queues() -> Vec<&'static str> {
         .collect()
 }
 /// Deliveries under way at once to one destination.
-const DELIVERY_CONCURRENCY: usize = 8;
+const DELIVERY_CONCURRENCY: usize = 32;
 
 /// Where `bluehook dev` keeps the secret it made up when there is no config file.
 pub const DEV_SECRET_FILE: &str = "dev-secret";
@@ -191,45 +192,56 @@ pub async fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
     let outbox = Outbox::new(db.clone());
     let state: Arc<dyn StateStore> = Arc::new(SqliteState::new(db.clone()));
     let effects: Arc<dyn IdempotencyStore> = Arc::new(idempotency.clone());
-    let mut stages: Vec<(Destination, Arc<dyn Processor>, usize)> = Vec::new();
+    // A sink retries like its queue on AWS: after the visibility timeout, dead-lettered after
+    // the maximum receives.
+    let visibility = Duration::from_secs(config.queue.visibility_timeout_secs);
+    let sink_retry = RetryPolicy {
+        max_attempts: config.queue.max_receive_count,
+        first_delay: visibility,
+        max_delay: visibility,
+    };
+    let engine = |target: Arc<dyn Deliver>, concurrency: usize| Stage::Each {
+        target,
+        format: Format::Event,
+        concurrency,
+    };
+    let mut stages: Vec<(Destination, Stage)> = Vec::new();
     if let Some(v) = sink_section(Destination::Crm) {
         let adapter = CrmAdapter::from_config(&v, Some(outbox.clone()), ssm_ref).await?;
+        let crm = CrmSync::new(state.clone(), adapter, metrics.clone(), sink_retry);
         stages.push((
             Destination::Crm,
-            Arc::new(CrmSync::new(
-                state.clone(),
-                effects.clone(),
-                adapter,
-                metrics.clone(),
-            )),
             // Locally batches need not stop at SQS's ten: fewer, larger transactions.
-            64,
+            engine(
+                Arc::new(Deliverer::new(crm, effects.clone(), metrics.clone())),
+                64,
+            ),
         ));
     }
     if let Some(v) = sink_section(Destination::SmsFallback) {
         let sender = SmsSender::from_config(&v, Some(outbox.clone()), ssm_ref).await?;
+        let sms = SmsFallback::new(Some(state.clone()), sender, metrics.clone(), sink_retry);
         stages.push((
             Destination::SmsFallback,
-            Arc::new(SmsFallback::new(
-                Some(state.clone()),
-                effects.clone(),
-                sender,
-                metrics.clone(),
-            )),
-            10,
+            engine(
+                Arc::new(Deliverer::new(sms, effects.clone(), metrics.clone())),
+                10,
+            ),
         ));
     }
     if sink_section(Destination::Analytics).is_some() {
         let store = Arc::new(LocalDir::new(opts.data_dir.join(ANALYTICS_DIR)));
         stages.push((
             Destination::Analytics,
-            Arc::new(Analytics::new(store, metrics.clone(), false)),
-            // Each archive object is fsynced: write few, large ones.
-            500,
+            Stage::Batch {
+                processor: Arc::new(Analytics::new(store, metrics.clone(), false)),
+                // Each archive object is fsynced: write few, large ones.
+                batch: 500,
+            },
         ));
     }
     let mut sink_queues: BTreeMap<Destination, Arc<dyn Queue>> = BTreeMap::new();
-    for (d, _, _) in &stages {
+    for (d, _) in &stages {
         sink_queues.insert(*d, Arc::new(local_queue(*d)));
     }
     for d in Destination::ALL {
@@ -244,14 +256,13 @@ pub async fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
         .await?;
     // Destinations: a queue and a worker each, so that one slow or failing destination delays
     // no other (nor the acks).
-    let attempts: Arc<dyn crate::delivery::AttemptLog> =
-        Arc::new(crate::delivery::local::SqliteAttempts::new(db.clone()));
     let mut endpoints: BTreeMap<String, Arc<dyn Queue>> = BTreeMap::new();
+    let mut origins = Vec::new();
     let mut deliverers = Vec::new();
-    for (name, d) in &destinations {
+    for (name, d) in destinations {
         let q = SqliteQueue::new(
             db.clone(),
-            &crate::delivery::local::queue_name(name),
+            &crate::delivery::local::queue_name(&name),
             // Only a crash leaves a delivery in flight: it is handed out again after this.
             d.timeout + Duration::from_secs(30),
             // The engine dead-letters after `max_attempts`; this is the backstop.
@@ -259,14 +270,14 @@ pub async fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
         );
         q.recover_in_flight().await?;
         endpoints.insert(name.clone(), Arc::new(q.clone()));
+        origins.push((name, d.origin()));
         deliverers.push((
             q,
-            Arc::new(crate::delivery::Deliverer::new(
-                d.clone(),
-                effects.clone(),
-                attempts.clone(),
-                metrics.clone(),
-            )),
+            Stage::Each {
+                target: Arc::new(Deliverer::new(d, effects.clone(), metrics.clone())),
+                format: Format::Envelope,
+                concurrency: DELIVERY_CONCURRENCY,
+            },
         ));
     }
     let router = Router::new(routes, sink_queues, metrics.clone()).with_endpoints(endpoints);
@@ -275,7 +286,7 @@ pub async fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", opts.listen))?;
     let addr: SocketAddr = listener.local_addr()?;
-    let sinks: Vec<&str> = stages.iter().map(|(d, _, _)| d.as_str()).collect();
+    let sinks: Vec<&str> = stages.iter().map(|(d, _)| d.as_str()).collect();
     print_banner(
         addr,
         &opts,
@@ -285,8 +296,8 @@ pub async fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
         &log_path,
         &sinks,
     );
-    for (name, d) in &destinations {
-        println!("  destination: {name} -> {}", d.origin());
+    for (name, origin) in &origins {
+        println!("  destination: {name} -> {origin}");
     }
     for name in unrouted {
         println!("  warning:     destination `{name}` is named by no [[routes]] rule: nothing goes to it");
@@ -296,25 +307,21 @@ pub async fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let (stop_workers_tx, stop_workers_rx) = watch::channel(false);
     let server = tokio::spawn(server::serve(listener, ingress, stop_rx.clone()));
-    let mut workers = vec![tokio::spawn(run_local_worker(
+    let mut workers = vec![tokio::spawn(run_worker(
         queue,
-        Arc::new(event_log::LoggingRouter::new(log, router).with_index(db.clone())),
-        64,
+        Stage::Batch {
+            processor: Arc::new(event_log::LoggingRouter::new(log, router).with_index(db.clone())),
+            batch: 64,
+        },
         stop_workers_rx.clone(),
     ))];
-    for (q, deliverer) in deliverers {
-        workers.push(tokio::spawn(crate::delivery::local::run_worker(
-            q,
-            deliverer,
-            DELIVERY_CONCURRENCY,
-            stop_workers_rx.clone(),
-        )));
+    for (q, stage) in deliverers {
+        workers.push(tokio::spawn(run_worker(q, stage, stop_workers_rx.clone())));
     }
-    for (d, stage, batch) in stages {
-        workers.push(tokio::spawn(run_local_worker(
+    for (d, stage) in stages {
+        workers.push(tokio::spawn(run_worker(
             local_queue(d),
             stage,
-            batch,
             stop_workers_rx.clone(),
         )));
     }

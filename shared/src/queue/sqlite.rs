@@ -15,6 +15,17 @@ use crate::idempotency::sqlite::{claim_in, Held};
 use crate::idempotency::{retry_after, Accepted, AtomicAccept, ClaimTimes, ClaimToken, StoreError};
 use crate::sqlite::{now_ms, Db};
 
+/// What a consumer decided about the messages it received (by receipt).
+#[derive(Debug, Clone, Default)]
+pub struct Settlement {
+    /// Finished: deleted.
+    pub done: Vec<String>,
+    /// Handed out again after their backoff.
+    pub retry: Vec<(String, Duration)>,
+    /// Moved to the dead-letter queue now.
+    pub dead: Vec<String>,
+}
+
 #[derive(Clone)]
 pub struct SqliteQueue {
     db: Db,
@@ -97,6 +108,10 @@ impl SqliteQueue {
         }
     }
 
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -163,19 +178,14 @@ impl SqliteQueue {
         receipts: &[String],
         counter: &'static str,
     ) -> Result<(), QueueError> {
-        let receipts = receipts.to_vec();
-        self.db
-            .write(move |c| {
-                let deleted = delete_receipts(c, &receipts)?;
-                c.execute(
-                    "INSERT INTO counters(name, value) VALUES (?1, ?2)
-                     ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
-                    params![counter, deleted as i64],
-                )?;
-                Ok(())
-            })
-            .await
-            .map_err(qerr)
+        self.settle(
+            Settlement {
+                done: receipts.to_vec(),
+                ..Settlement::default()
+            },
+            Some(counter),
+        )
+        .await
     }
 
     /// Makes every in-flight message visible again at once. For a restart of the only consumer:
@@ -199,34 +209,77 @@ impl SqliteQueue {
     /// Hides a received message for `delay` (a retry's backoff) instead of the visibility
     /// timeout; like SQS's ChangeMessageVisibility. A stale receipt changes nothing.
     pub async fn retry_later(&self, receipt: &str, delay: Duration) -> Result<(), QueueError> {
-        let receipt = receipt.to_owned();
-        let delay_ms = delay.as_millis().min(i64::MAX as u128) as i64;
-        self.db
-            .write(move |c| {
-                c.prepare_cached(
-                    "UPDATE queue_messages SET visible_at_ms = ?3 WHERE seq = ?1 AND receipt = ?2",
-                )?
-                .execute(params![receipt_seq(&receipt), receipt, now_ms() + delay_ms])
-                .map(|_| ())
-            })
-            .await
-            .map_err(qerr)
+        self.settle(
+            Settlement {
+                retry: vec![(receipt.to_owned(), delay)],
+                ..Settlement::default()
+            },
+            None,
+        )
+        .await
     }
 
     /// Moves a received message to the dead-letter queue now. A stale receipt moves nothing.
     pub async fn dead_letter(&self, receipt: &str) -> Result<(), QueueError> {
-        let (receipt, dlq) = (receipt.to_owned(), self.dlq.clone());
+        self.settle(
+            Settlement {
+                dead: vec![receipt.to_owned()],
+                ..Settlement::default()
+            },
+            None,
+        )
+        .await
+    }
+
+    /// Carries out a consumer's decisions in one transaction, counting the finished messages
+    /// under `counter`.
+    pub async fn settle(
+        &self,
+        s: Settlement,
+        counter: Option<&'static str>,
+    ) -> Result<(), QueueError> {
+        let q = self.clone();
         self.db
-            .write(move |c| {
-                c.prepare_cached(
-                    "UPDATE queue_messages SET queue = ?3, receive_count = 0, receipt = NULL,
-                        visible_at_ms = ?4 WHERE seq = ?1 AND receipt = ?2",
-                )?
-                .execute(params![receipt_seq(&receipt), receipt, dlq, now_ms()])
-                .map(|_| ())
-            })
+            .write(move |c| q.settle_in(c, &s, counter))
             .await
             .map_err(qerr)
+    }
+
+    /// Carries out `s` inside the caller's transaction: finished messages deleted (and counted
+    /// under `counter`), retries hidden for their backoff, the exhausted moved to the
+    /// dead-letter queue. Stale receipts change nothing.
+    pub fn settle_in(
+        &self,
+        c: &rusqlite::Connection,
+        s: &Settlement,
+        counter: Option<&str>,
+    ) -> rusqlite::Result<()> {
+        if !s.done.is_empty() {
+            let deleted = delete_receipts(c, &s.done)?;
+            if let Some(counter) = counter {
+                c.prepare_cached(
+                    "INSERT INTO counters(name, value) VALUES (?1, ?2)
+                     ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+                )?
+                .execute(params![counter, deleted as i64])?;
+            }
+        }
+        let now = now_ms();
+        for (receipt, delay) in &s.retry {
+            let delay_ms = delay.as_millis().min(i64::MAX as u128 / 2) as i64;
+            c.prepare_cached(
+                "UPDATE queue_messages SET visible_at_ms = ?3 WHERE seq = ?1 AND receipt = ?2",
+            )?
+            .execute(params![receipt_seq(receipt), receipt, now + delay_ms])?;
+        }
+        for receipt in &s.dead {
+            c.prepare_cached(
+                "UPDATE queue_messages SET queue = ?3, receive_count = 0, receipt = NULL,
+                    visible_at_ms = ?4 WHERE seq = ?1 AND receipt = ?2",
+            )?
+            .execute(params![receipt_seq(receipt), receipt, self.dlq, now])?;
+        }
+        Ok(())
     }
 
     /// Messages waiting in this queue (visible or in flight).

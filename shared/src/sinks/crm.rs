@@ -12,12 +12,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::json;
 
-use super::{http_client, Effects, Outbox, SinkError, SinkSettings};
+use super::{http_client, Outbox, SinkError, SinkSettings};
 use crate::config::{ConfigError, Secret, SsmReader};
+use crate::delivery::{Outcome, Planned, Policy, RetryPolicy, Target};
 use crate::event::{Event, EventKind, MessageStatus, Service};
-use crate::idempotency::{Claim, IdempotencyStore};
 use crate::metrics::Metrics;
-use crate::processing::EventSink;
 use crate::provider::standard_webhooks;
 use crate::state::{Applied, StateStore};
 
@@ -122,7 +121,10 @@ impl CrmAdapter {
                     Ok(None)
                 } else {
                     // The receiver dedupes by webhook-id: a retry is safe whatever happened.
-                    Err(SinkError::definite(format!("CRM answered {status}")))
+                    Err(SinkError::answered(
+                        status.as_u16(),
+                        format!("CRM answered {status}"),
+                    ))
                 }
             }
             CrmAdapter::HubSpot {
@@ -159,10 +161,13 @@ async fn hubspot_call(
     if status.is_success() {
         Ok(v)
     } else {
-        Err(SinkError::definite(format!(
-            "HubSpot answered {status} for {}",
-            url.rsplit("/crm/").next().unwrap_or("")
-        )))
+        Err(SinkError::answered(
+            status.as_u16(),
+            format!(
+                "HubSpot answered {status} for {}",
+                url.rsplit("/crm/").next().unwrap_or("")
+            ),
+        ))
     }
 }
 
@@ -232,31 +237,29 @@ async fn hubspot_push(
     Ok(communication["id"].as_str().map(str::to_owned))
 }
 
+/// The crm-sync target: applies each event to the conversation state (the plan), and pushes
+/// each change to the CRM once under `effect:crm:<event key>`; a stale event (a status that
+/// does not move its message forward) pushes nothing.
 pub struct CrmSync {
     state: Arc<dyn StateStore>,
-    effects: Effects,
     adapter: CrmAdapter,
     metrics: Arc<dyn Metrics>,
+    retry: RetryPolicy,
 }
 
 impl CrmSync {
+    /// `retry`: the sink's queue's (the visibility timeout, the maximum receives).
     pub fn new(
         state: Arc<dyn StateStore>,
-        effects_store: Arc<dyn IdempotencyStore>,
         adapter: CrmAdapter,
         metrics: Arc<dyn Metrics>,
+        retry: RetryPolicy,
     ) -> CrmSync {
-        let effects = Effects {
-            store: effects_store,
-            sink: "crm",
-            lease: Duration::from_secs(60),
-            ttl: Duration::from_secs(7 * 24 * 3600),
-        };
         CrmSync {
             state,
-            effects,
             adapter,
             metrics,
+            retry,
         }
     }
 
@@ -298,63 +301,72 @@ impl CrmSync {
 }
 
 #[async_trait]
-impl EventSink for CrmSync {
-    fn name(&self) -> &'static str {
-        "crm-sync"
+impl Target for CrmSync {
+    type Work = Applied;
+
+    fn name(&self) -> &str {
+        "crm"
     }
 
-    /// Handles one event; `false` means retry it.
-    async fn handle(&self, event: &Event) -> bool {
-        let applied = match self.state.apply(event).await {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::error!(event_id = %event.id, error = %e, "state update failed");
-                return false;
-            }
-        };
+    fn policy(&self) -> Policy {
+        Policy {
+            retry: self.retry,
+            effects: "crm",
+            lease: Duration::from_secs(60),
+            ttl: Duration::from_secs(7 * 24 * 3600),
+            // The http adapter's receiver dedupes by webhook-id, HubSpot's search finds the
+            // contact created before: a push of unknown outcome is pushed again.
+            repeat_unknown: true,
+            rate_limit_per_sec: None,
+        }
+    }
+
+    async fn plan(&self, event: &Event) -> Result<Planned<Applied>, String> {
+        // Applying the same event again answers the same (`advanced` names the event that
+        // set the state), so a retried push is not mistaken for a stale one.
+        let applied = self
+            .state
+            .apply(event)
+            .await
+            .map_err(|e| format!("state update failed: {e}"))?;
         if applied.message.is_some() && !applied.advanced {
-            tracing::debug!(event_id = %event.id, "stale status; nothing to push");
-            self.metrics.incr("crm.unchanged", 1);
-            return true;
+            return Ok(Planned::Skip("stale"));
         }
-        let token = match self.effects.claim(&event.idempotency_key, &event.id).await {
-            Ok(Claim::Acquired(t)) => t,
-            Ok(Claim::Completed) => {
-                self.metrics.incr("crm.duplicates", 1);
-                return true;
-            }
-            Ok(Claim::InProgress { .. }) => return false,
-            Err(e) => {
-                tracing::error!(event_id = %event.id, error = %e, "effect claim failed");
-                return false;
-            }
-        };
-        match self.adapter.push(event, &applied).await {
-            Ok(result) => {
-                self.effects
-                    .complete(&event.idempotency_key, &token, result.as_deref())
-                    .await;
-                self.metrics.incr("crm.pushed", 1);
-                // Once per event: a redelivery finds the effect key completed.
-                self.observe_latencies(event, &applied);
-                tracing::info!(event_id = %event.id, "pushed to the CRM");
-                true
-            }
-            Err(e) => {
-                tracing::warn!(event_id = %event.id, error = %e, "CRM push failed; retried");
-                self.effects.release(&event.idempotency_key, &token).await;
-                false
-            }
+        Ok(Planned::Effect {
+            key: event.idempotency_key.clone(),
+            work: applied,
+        })
+    }
+
+    async fn perform(&self, event: &Event, applied: &Applied) -> Outcome {
+        match self.adapter.push(event, applied).await {
+            Ok(result) => Outcome::Done {
+                status: None,
+                result,
+            },
+            Err(e) => e.outcome(),
         }
+    }
+
+    fn done(&self, event: &Event, applied: &Applied) {
+        self.metrics.incr("crm.pushed", 1);
+        // Once per event: a redelivery finds the effect key completed.
+        self.observe_latencies(event, applied);
+        tracing::info!(event_id = %event.id, "pushed to the CRM");
+    }
+
+    fn skipped(&self, _event: &Event, _reason: &'static str) {
+        self.metrics.incr("crm.unchanged", 1);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::delivery::{Deliver, Deliverer, Verdict};
     use crate::idempotency::sqlite::SqliteIdempotency;
+    use crate::idempotency::IdempotencyStore;
     use crate::metrics::MemoryMetrics;
-    use crate::processing::{Processor, Record};
     use crate::sqlite::Db;
     use crate::state::contract::ev;
     use crate::state::sqlite::SqliteState;
@@ -365,10 +377,19 @@ mod tests {
         let db = Db::open(&dir.path().join("t.db")).unwrap();
         let metrics = Arc::new(MemoryMetrics::default());
         let outbox = Outbox::new(db.clone());
-        let crm = CrmSync::new(
-            Arc::new(SqliteState::new(db.clone())),
-            Arc::new(SqliteIdempotency::new(db.clone())),
-            CrmAdapter::Outbox(outbox.clone()),
+        let effects: Arc<dyn IdempotencyStore> = Arc::new(SqliteIdempotency::new(db.clone()));
+        let crm = Deliverer::new(
+            CrmSync::new(
+                Arc::new(SqliteState::new(db.clone())),
+                CrmAdapter::Outbox(outbox.clone()),
+                metrics.clone(),
+                RetryPolicy {
+                    max_attempts: 5,
+                    first_delay: Duration::from_secs(1),
+                    max_delay: Duration::from_secs(1),
+                },
+            ),
+            effects.clone(),
             metrics.clone(),
         );
         let events = [
@@ -380,13 +401,27 @@ mod tests {
             ev("sb", "m1", MessageStatus::Sent, 1, None),
         ];
         for round in 0..2 {
-            for e in &events {
-                let r = Record {
-                    id: e.id.clone(),
-                    body: e.to_json(),
-                    receive_count: round + 1,
+            for (i, e) in events.iter().enumerate() {
+                let a = crm.deliver(e, round + 1).await;
+                let expected = match (round, i) {
+                    (_, 4) => Verdict::Skipped,
+                    (0, _) => Verdict::Delivered,
+                    // Redelivered: SENT and DELIVERED are stale now that m1 was read; the
+                    // others find their effect keys completed.
+                    (_, 0 | 1) => Verdict::Skipped,
+                    _ => Verdict::AlreadyDelivered,
                 };
-                assert!(crm.process(vec![r]).await.is_empty());
+                assert_eq!(a.verdict, expected, "round {round}, event {i}");
+                if let Some(done) = &a.completion {
+                    done.apply(effects.as_ref()).await;
+                }
+                let detail = a.record.as_ref().and_then(|r| r.detail.as_deref());
+                let reason = match expected {
+                    Verdict::Skipped => Some("stale"),
+                    Verdict::AlreadyDelivered => Some(crate::delivery::ALREADY_DONE),
+                    _ => None,
+                };
+                assert_eq!(detail, reason);
             }
         }
         assert_eq!(

@@ -20,6 +20,10 @@ use crate::sqlite::Db;
 pub struct SinkError {
     pub message: String,
     pub definite: bool,
+    /// The HTTP status, when the other side answered.
+    pub status: Option<u16>,
+    /// `timeout`, `connect` or `reset` when it did not.
+    pub class: Option<&'static str>,
 }
 
 impl SinkError {
@@ -27,6 +31,35 @@ impl SinkError {
         SinkError {
             message: message.into(),
             definite: true,
+            status: None,
+            class: None,
+        }
+    }
+
+    /// An answer that may have followed the effect (a 2xx without the expected id).
+    pub fn unknown(message: impl Into<String>) -> SinkError {
+        SinkError {
+            definite: false,
+            ..SinkError::definite(message)
+        }
+    }
+
+    /// The other side answered `status`: the effect did not happen.
+    pub fn answered(status: u16, message: impl Into<String>) -> SinkError {
+        SinkError {
+            status: Some(status),
+            ..SinkError::definite(message)
+        }
+    }
+
+    /// The engine's view of this failure.
+    pub fn outcome(self) -> crate::delivery::Outcome {
+        crate::delivery::Outcome::Failed {
+            status: self.status,
+            error: self.class,
+            detail: Some(self.message),
+            retry_after: None,
+            definite: self.definite,
         }
     }
 
@@ -37,6 +70,15 @@ impl SinkError {
         // built) proves the effect did not happen. A connection that closed before the answer
         // came, or a timeout, may follow a request the other side received and acted on.
         let definite = e.is_connect() || e.is_builder();
+        let class = if e.is_timeout() {
+            Some("timeout")
+        } else if e.is_connect() {
+            Some("connect")
+        } else if e.is_request() || e.is_body() || e.is_decode() {
+            Some("reset")
+        } else {
+            None
+        };
         // reqwest's message names the whole URL, and a destination URL may carry a token in
         // its path or query: name only its origin, then the causes.
         let origin = e.url().map(|u| u.origin().ascii_serialization());
@@ -51,7 +93,12 @@ impl SinkError {
             message.push_str(&c.to_string());
             cause = c.source();
         }
-        SinkError { message, definite }
+        SinkError {
+            message,
+            definite,
+            status: None,
+            class,
+        }
     }
 }
 
@@ -178,7 +225,8 @@ pub struct Effects {
 }
 
 impl Effects {
-    fn key(&self, key: &str) -> String {
+    /// The whole key of an effect: `effect:<sink>:<key>`.
+    pub fn full_key(&self, key: &str) -> String {
         format!("effect:{}:{key}", self.sink)
     }
 
@@ -192,7 +240,7 @@ impl Effects {
 
     pub async fn claim(&self, key: &str, event_id: &str) -> Result<Claim, SinkError> {
         self.store
-            .claim(&self.key(key), event_id, self.times())
+            .claim(&self.full_key(key), event_id, self.times())
             .await
             .map_err(|e| SinkError::definite(e.to_string()))
     }
@@ -201,7 +249,7 @@ impl Effects {
     pub async fn complete(&self, key: &str, token: &ClaimToken, result: Option<&str>) {
         let done = self
             .store
-            .complete_with_result(&self.key(key), token, self.times(), result)
+            .complete_with_result(&self.full_key(key), token, self.times(), result)
             .await;
         if let Err(e) = done {
             tracing::warn!(sink = self.sink, error = %e, "effect done but its key could not be completed");
@@ -209,7 +257,7 @@ impl Effects {
     }
 
     pub async fn release(&self, key: &str, token: &ClaimToken) {
-        if let Err(e) = self.store.release(&self.key(key), token).await {
+        if let Err(e) = self.store.release(&self.full_key(key), token).await {
             tracing::warn!(sink = self.sink, error = %e, "effect key could not be released; it frees when its lease ends");
         }
     }

@@ -3,9 +3,9 @@
 //!
 //! At most one fallback SMS per original message, ever: `effect:sms:<source>:<handle>` is
 //! claimed before sending and never expires early. A send that certainly failed releases the
-//! claim and is retried by SQS (then dead-lettered); a send whose outcome is unknown (a timeout
-//! after the request went out) keeps the claim, so it is never sent twice: its record ends in
-//! the dead-letter queue for a person to look at.
+//! claim and is retried (then dead-lettered); a send whose outcome is unknown (a timeout after
+//! the request went out) keeps the claim, so it is never sent twice: it is dead-lettered for a
+//! person to look at. The delivery engine ([`crate::delivery`]) runs it like every target.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,12 +13,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::json;
 
-use super::{http_client, Effects, Outbox, SinkError, SinkSettings};
+use super::{http_client, Outbox, SinkError, SinkSettings};
 use crate::config::{ConfigError, Secret, SsmReader};
+use crate::delivery::{Outcome, Planned, Policy, RetryPolicy, Target};
 use crate::event::{Direction, Event, EventKind, MessageStatus, Service};
-use crate::idempotency::{Claim, IdempotencyStore};
 use crate::metrics::Metrics;
-use crate::processing::EventSink;
 use crate::state::{MessageState, StateStore};
 
 pub const DEFAULT_TWILIO_URL: &str = "https://api.twilio.com";
@@ -211,14 +210,14 @@ impl SmsSender {
                 let v: serde_json::Value = r.json().await.unwrap_or(serde_json::Value::Null);
                 match (status.is_success(), v["sid"].as_str()) {
                     (true, Some(sid)) => Ok(sid.to_owned()),
-                    (true, None) => Err(SinkError {
-                        message: "Twilio answered without a sid".into(),
-                        definite: false,
-                    }),
-                    (false, _) => Err(SinkError::definite(format!(
-                        "Twilio answered {status}: {}",
-                        v["message"].as_str().unwrap_or("")
-                    ))),
+                    (true, None) => Err(SinkError::unknown("Twilio answered without a sid")),
+                    (false, _) => Err(SinkError::answered(
+                        status.as_u16(),
+                        format!(
+                            "Twilio answered {status}: {}",
+                            v["message"].as_str().unwrap_or("")
+                        ),
+                    )),
                 }
             }
             SmsSender::Sendblue {
@@ -248,115 +247,106 @@ impl SmsSender {
                 let v: serde_json::Value = r.json().await.unwrap_or(serde_json::Value::Null);
                 match (status.is_success(), v["message_handle"].as_str()) {
                     (true, Some(h)) => Ok(h.to_owned()),
-                    (true, None) => Err(SinkError {
-                        message: "Sendblue answered without a message_handle".into(),
-                        definite: false,
-                    }),
-                    (false, _) => Err(SinkError::definite(format!("Sendblue answered {status}"))),
+                    (true, None) => Err(SinkError::unknown(
+                        "Sendblue answered without a message_handle",
+                    )),
+                    (false, _) => Err(SinkError::answered(
+                        status.as_u16(),
+                        format!("Sendblue answered {status}"),
+                    )),
                 }
             }
         }
     }
 }
 
+/// The sms-fallback target: decides from the event (and the state, for what a failure event
+/// lacks) whether a fallback SMS is due, claims `effect:sms:<source>:<handle>`, sends it.
 pub struct SmsFallback {
     state: Option<Arc<dyn StateStore>>,
-    effects: Effects,
     sender: SmsSender,
     metrics: Arc<dyn Metrics>,
+    retry: RetryPolicy,
 }
 
 impl SmsFallback {
-    /// `state` (when there is one) supplies the content of failure events that lack it.
+    /// `state` (when there is one) supplies the content of failure events that lack it;
+    /// `retry`: the sink's queue's (the visibility timeout, the maximum receives).
     pub fn new(
         state: Option<Arc<dyn StateStore>>,
-        effects_store: Arc<dyn IdempotencyStore>,
         sender: SmsSender,
         metrics: Arc<dyn Metrics>,
+        retry: RetryPolicy,
     ) -> SmsFallback {
-        // "Ever", within a year: the claim of a send of unknown outcome never lapses before that.
-        let year = Duration::from_secs(365 * 24 * 3600);
-        let effects = Effects {
-            store: effects_store,
-            sink: "sms",
-            lease: year,
-            ttl: year,
-        };
         SmsFallback {
             state,
-            effects,
             sender,
             metrics,
+            retry,
         }
     }
 }
 
 #[async_trait]
-impl EventSink for SmsFallback {
-    fn name(&self) -> &'static str {
-        "sms-fallback"
+impl Target for SmsFallback {
+    type Work = Fallback;
+
+    fn name(&self) -> &str {
+        "sms_fallback"
     }
 
-    async fn handle(&self, event: &Event) -> bool {
+    fn policy(&self) -> Policy {
+        // "Ever", within a year: the claim of a send of unknown outcome never lapses before that.
+        let year = Duration::from_secs(365 * 24 * 3600);
+        Policy {
+            retry: self.retry,
+            effects: "sms",
+            lease: year,
+            ttl: year,
+            repeat_unknown: false,
+            rate_limit_per_sec: None,
+        }
+    }
+
+    async fn plan(&self, event: &Event) -> Result<Planned<Fallback>, String> {
         let known = match (&self.state, &event.message_handle) {
             (Some(state), Some(h))
                 if event.content.as_deref().is_none_or(str::is_empty)
                     || event.service.is_none() =>
             {
-                match state.message(&event.source, h).await {
-                    Ok(m) => m,
-                    Err(e) => {
-                        tracing::error!(event_id = %event.id, error = %e, "state read failed");
-                        return false;
-                    }
-                }
+                state
+                    .message(&event.source, h)
+                    .await
+                    .map_err(|e| format!("state read failed: {e}"))?
             }
             _ => None,
         };
-        let fallback = match decide(event, known.as_ref()) {
-            Ok(f) => f,
-            Err(skip) => {
-                tracing::info!(event_id = %event.id, reason = skip.as_str(), "no fallback SMS");
-                self.metrics
-                    .incr(&format!("sms.skipped.{}", skip.as_str()), 1);
-                return true;
-            }
-        };
-        let key = format!("{}:{}", event.source, fallback.handle);
-        let token = match self.effects.claim(&key, &event.id).await {
-            Ok(Claim::Acquired(t)) => t,
-            Ok(Claim::Completed) => {
-                self.metrics.incr("sms.duplicates", 1);
-                return true;
-            }
-            Ok(Claim::InProgress { .. }) => {
-                tracing::warn!(event_id = %event.id, "a fallback for this message is under way or of unknown outcome");
-                return false;
-            }
-            Err(e) => {
-                tracing::error!(event_id = %event.id, error = %e, "effect claim failed");
-                return false;
-            }
-        };
-        match self.sender.send(&fallback).await {
-            Ok(provider_id) => {
-                self.effects
-                    .complete(&key, &token, Some(&provider_id))
-                    .await;
-                self.metrics.incr("sms.sent", 1);
-                tracing::info!(event_id = %event.id, provider_id, "fallback SMS sent");
-                true
-            }
-            Err(e) if e.definite => {
-                tracing::warn!(event_id = %event.id, error = %e, "fallback SMS not sent; retried");
-                self.effects.release(&key, &token).await;
-                false
-            }
-            Err(e) => {
-                tracing::error!(event_id = %event.id, error = %e, "fallback SMS outcome unknown; not resent, left for the dead-letter queue");
-                false
-            }
+        Ok(match decide(event, known.as_ref()) {
+            Ok(f) => Planned::Effect {
+                key: format!("{}:{}", event.source, f.handle),
+                work: f,
+            },
+            Err(skip) => Planned::Skip(skip.as_str()),
+        })
+    }
+
+    async fn perform(&self, _event: &Event, fallback: &Fallback) -> Outcome {
+        match self.sender.send(fallback).await {
+            Ok(provider_id) => Outcome::Done {
+                status: None,
+                result: Some(provider_id),
+            },
+            Err(e) => e.outcome(),
         }
+    }
+
+    fn done(&self, event: &Event, fallback: &Fallback) {
+        self.metrics.incr("sms.sent", 1);
+        tracing::info!(event_id = %event.id, handle = %fallback.handle, "fallback SMS sent");
+    }
+
+    fn skipped(&self, _event: &Event, reason: &'static str) {
+        self.metrics.incr(&format!("sms.skipped.{reason}"), 1);
     }
 }
 
