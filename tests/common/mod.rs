@@ -247,11 +247,11 @@ impl Drop for DevProcess {
     }
 }
 
-/// `bluehook stats --json` for a data folder.
-/// `bluehook events show <id> --json` on a data folder.
-pub fn events_show(data_dir: &Path, id: &str) -> serde_json::Value {
+/// `bluehook <args> --data-dir <data_dir>`, whose output is JSON.
+pub fn cli_json(data_dir: &Path, args: &[&str]) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_bluehook"))
-        .args(["events", "show", id, "--json", "--data-dir"])
+        .args(args)
+        .arg("--data-dir")
         .arg(data_dir)
         .output()
         .unwrap();
@@ -263,16 +263,12 @@ pub fn events_show(data_dir: &Path, id: &str) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// `bluehook events show <id> --json` on a data folder.
+pub fn events_show(data_dir: &Path, id: &str) -> serde_json::Value {
+    cli_json(data_dir, &["events", "show", id, "--json"])
+}
+
+/// `bluehook stats --json` for a data folder.
 pub fn stats(data_dir: &Path) -> serde_json::Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_bluehook"))
-        .args(["stats", "--json", "--data-dir"])
-        .arg(data_dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    cli_json(data_dir, &["stats", "--json"])
 }
