@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_lambda_events::sqs::SqsEvent;
-use bluehook::delivery::sqs::SqsDeliveries;
+use bluehook::delivery::sqs::{Redrive, SqsDeliveries};
 use bluehook::delivery::{Deliverer, RetryPolicy};
 use bluehook::event::{Direction, Event, EventKind, MessageStatus, Service};
 use bluehook::idempotency::dynamodb::DynamoIdempotency;
@@ -88,7 +88,7 @@ fn retry() -> RetryPolicy {
     }
 }
 
-async fn crm_sync(t: &Tables, url: &str) -> SqsDeliveries {
+async fn crm_sync(t: &Tables, url: &str) -> SqsDeliveries<Redrive> {
     let section: toml::Value = toml::from_str(&format!(
         "adapter = \"http\"\nurl = \"{url}/hooks/{CRM_PATH_TOKEN}\"\nsecret = \"{CRM_SECRET}\""
     ))
@@ -105,7 +105,7 @@ async fn crm_sync(t: &Tables, url: &str) -> SqsDeliveries {
     )))
 }
 
-async fn sms_fallback(t: &Tables, url: &str) -> SqsDeliveries {
+async fn sms_fallback(t: &Tables, url: &str) -> SqsDeliveries<Redrive> {
     let section: toml::Value = toml::from_str(&format!(
         "adapter = \"twilio\"\nbase_url = \"{url}\"\naccount_sid = \"AC123\"\nauth_token = \"{TWILIO_TOKEN}\"\nfrom = \"+15550001111\""
     ))

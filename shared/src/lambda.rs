@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 use crate::analytics::Analytics;
 use crate::config::{needs_ssm, Config};
-use crate::delivery::sqs::SqsDeliveries;
+use crate::delivery::sqs::{Redrive, SqsDeliveries};
 use crate::delivery::{Deliverer, RetryPolicy};
 use crate::idempotency::dynamodb::DynamoIdempotency;
 use crate::ingress::{build_sources, Ingress, IngressRequest, RequestBody};
@@ -180,7 +180,7 @@ fn sink_retry(visibility: Duration) -> RetryPolicy {
 
 /// Builds crm-sync from the environment: the state and idempotency tables, the CRM adapter,
 /// run by the delivery engine on its queue.
-pub async fn crm_sync_from_env() -> anyhow::Result<SqsDeliveries> {
+pub async fn crm_sync_from_env() -> anyhow::Result<SqsDeliveries<Redrive>> {
     let aws = aws_config::load_from_env().await;
     let ssm = aws_sdk_ssm::Client::new(&aws);
     let config = load_config(&ssm).await?;
@@ -208,7 +208,7 @@ pub async fn crm_sync_from_env() -> anyhow::Result<SqsDeliveries> {
 
 /// Builds sms-fallback from the environment: the state table (for content), the idempotency
 /// table (effect keys), the SMS provider, run by the delivery engine on its queue.
-pub async fn sms_fallback_from_env() -> anyhow::Result<SqsDeliveries> {
+pub async fn sms_fallback_from_env() -> anyhow::Result<SqsDeliveries<Redrive>> {
     let aws = aws_config::load_from_env().await;
     let ssm = aws_sdk_ssm::Client::new(&aws);
     let config = load_config(&ssm).await?;

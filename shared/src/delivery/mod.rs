@@ -305,8 +305,8 @@ impl<T: Target> Deliverer<T> {
             }
             _ => {}
         }
-        self.metrics
-            .observe_ms(&format!("destination.{name}.latency"), a.duration_ms as i64);
+        // The latency is the attempt's own record (its log line's EMF `Latency` on Lambda): no
+        // second metric of it.
         match (verdict, &a.error) {
             (Verdict::Delivered, _) => tracing::debug!(
                 destination = %name, event_id = %a.event_id, attempt = a.attempt,

@@ -54,19 +54,72 @@ pub fn attempt_line(a: &AttemptRecord, now_ms: i64) -> String {
     .to_string()
 }
 
-/// Where verdicts go on SQS.
-enum Settle {
-    /// The destinations' queue: a retry is hidden for its backoff with
-    /// `ChangeMessageVisibility`, the exhausted are sent to the dead-letter queue and deleted.
-    Backoff {
-        sqs: aws_sdk_sqs::Client,
-        queue_url: String,
-        dlq_url: String,
-    },
-    /// A sink's queue: a retry or a dead-letter verdict leaves the message to the queue's own
-    /// visibility timeout and redrive policy (`maxReceiveCount`, which the sink's retry policy
-    /// mirrors).
-    Redrive,
+/// Where the verdicts that keep a message on its queue go: a retry, a dead-letter.
+#[async_trait::async_trait]
+pub trait Settle: Send + Sync {
+    /// Hides the message for `delay`; `true`: leave it on the queue (a batch item failure).
+    async fn retry(&self, id: &str, receipt: &str, delay: std::time::Duration) -> bool;
+    /// Moves the message to the dead-letter queue; `true`: leave it on the queue.
+    async fn dead_letter(&self, id: &str, body: String) -> bool;
+}
+
+/// The destinations' queue: a retry is hidden for its backoff with `ChangeMessageVisibility`,
+/// the exhausted are sent to the dead-letter queue and deleted.
+pub struct Backoff {
+    sqs: aws_sdk_sqs::Client,
+    queue_url: String,
+    dlq_url: String,
+}
+
+#[async_trait::async_trait]
+impl Settle for Backoff {
+    async fn retry(&self, id: &str, receipt: &str, delay: std::time::Duration) -> bool {
+        let hidden = self
+            .sqs
+            .change_message_visibility()
+            .queue_url(&self.queue_url)
+            .receipt_handle(receipt)
+            .visibility_timeout(delay.as_secs().clamp(1, 43_200) as i32)
+            .send()
+            .await;
+        if let Err(e) = hidden {
+            tracing::warn!(record = %id, error = %DisplayErrorContext(e), "backoff not set; retried after the visibility timeout");
+        }
+        true
+    }
+
+    async fn dead_letter(&self, id: &str, body: String) -> bool {
+        let sent = self
+            .sqs
+            .send_message()
+            .queue_url(&self.dlq_url)
+            .message_body(body)
+            .send()
+            .await;
+        match sent {
+            Ok(_) => false,
+            Err(e) => {
+                tracing::error!(record = %id, error = %DisplayErrorContext(e), "dead-lettering failed; retried");
+                true
+            }
+        }
+    }
+}
+
+/// A sink's queue: a retry or a dead-letter verdict leaves the message to the queue's own
+/// visibility timeout and redrive policy (`maxReceiveCount`, which the sink's retry policy
+/// mirrors). No SQS client: the sink functions do not link one.
+pub struct Redrive;
+
+#[async_trait::async_trait]
+impl Settle for Redrive {
+    async fn retry(&self, _: &str, _: &str, _: std::time::Duration) -> bool {
+        true
+    }
+
+    async fn dead_letter(&self, _: &str, _: String) -> bool {
+        true
+    }
 }
 
 /// A target and its rate limiter, if it has one.
@@ -75,13 +128,13 @@ type Limited = (Arc<dyn Deliver>, Option<Arc<RateLimiter>>);
 /// The SQS carrier of the delivery engine: the deliver function's handler (every destination,
 /// [`super::DeliveryMessage`] envelopes) and the crm-sync and sms-fallback functions' (one sink, bare
 /// events).
-pub struct SqsDeliveries {
+pub struct SqsDeliveries<S: Settle = Backoff> {
     targets: BTreeMap<String, Limited>,
     format: Format,
-    settle: Settle,
+    settle: S,
 }
 
-impl SqsDeliveries {
+impl SqsDeliveries<Backoff> {
     /// The deliver function: every destination, from the deliveries queue.
     pub fn new(
         targets: Vec<Arc<dyn Deliver>>,
@@ -92,23 +145,27 @@ impl SqsDeliveries {
         SqsDeliveries {
             targets: Self::by_name(targets),
             format: Format::Envelope,
-            settle: Settle::Backoff {
+            settle: Backoff {
                 sqs,
                 queue_url,
                 dlq_url,
             },
         }
     }
+}
 
+impl SqsDeliveries<Redrive> {
     /// A sink function: one target, from its own queue.
-    pub fn sink(target: Arc<dyn Deliver>) -> SqsDeliveries {
+    pub fn sink(target: Arc<dyn Deliver>) -> SqsDeliveries<Redrive> {
         SqsDeliveries {
             targets: Self::by_name(vec![target]),
             format: Format::Event,
-            settle: Settle::Redrive,
+            settle: Redrive,
         }
     }
+}
 
+impl<S: Settle> SqsDeliveries<S> {
     fn by_name(targets: Vec<Arc<dyn Deliver>>) -> BTreeMap<String, Limited> {
         targets
             .into_iter()
@@ -162,37 +219,10 @@ impl SqsDeliveries {
                     Verdict::DeadLetter
                 }
             };
-            let keep = match (verdict, &self.settle) {
-                (v, _) if v.finished() => false,
-                (_, Settle::Redrive) => true,
-                (Verdict::RetryIn(delay), Settle::Backoff { sqs, queue_url, .. }) => {
-                    let hidden = sqs
-                        .change_message_visibility()
-                        .queue_url(queue_url)
-                        .receipt_handle(&receipt)
-                        .visibility_timeout(delay.as_secs().clamp(1, 43_200) as i32)
-                        .send()
-                        .await;
-                    if let Err(e) = hidden {
-                        tracing::warn!(record = %id, error = %DisplayErrorContext(e), "backoff not set; retried after the visibility timeout");
-                    }
-                    true
-                }
-                (_, Settle::Backoff { sqs, dlq_url, .. }) => {
-                    let sent = sqs
-                        .send_message()
-                        .queue_url(dlq_url)
-                        .message_body(body)
-                        .send()
-                        .await;
-                    match sent {
-                        Ok(_) => false,
-                        Err(e) => {
-                            tracing::error!(record = %id, error = %DisplayErrorContext(e), "dead-lettering failed; retried");
-                            true
-                        }
-                    }
-                }
+            let keep = match verdict {
+                v if v.finished() => false,
+                Verdict::RetryIn(delay) => self.settle.retry(&id, &receipt, delay).await,
+                _ => self.settle.dead_letter(&id, body).await,
             };
             keep.then_some(id)
         });
