@@ -286,14 +286,7 @@ async fn deploy_referenced_resources(
                 d.values.insert(r, default);
                 continue;
             }
-            let name = format!("/bluehook/test/{}", common::unique("fixtures-config"));
-            ssm.put_parameter()
-                .name(&name)
-                .value(config)
-                .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
-                .send()
-                .await
-                .unwrap();
+            let name = common::put_secure_parameter(&ssm, "fixtures-config", config).await;
             d.values.insert(r, name);
             continue;
         }

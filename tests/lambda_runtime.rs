@@ -121,23 +121,8 @@ async fn the_whole_chain_through_the_runtime_api() {
     let crm = FakeHttp::start(|_, _| (200, "{}".into())).await;
     let twilio = FakeHttp::start(twilio_ok).await;
     let bot = FakeHttp::start(|_, _| (200, "{}".into())).await;
-    let bot_token_param = format!("/bluehook/test/{}", common::unique("bot-token"));
-    ssm.put_parameter()
-        .name(&bot_token_param)
-        .value(BOT_TOKEN)
-        .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
-        .send()
-        .await
-        .unwrap();
-    let config_param = format!("/bluehook/test/{}", common::unique("config"));
-    let token_param = format!("/bluehook/test/{}", common::unique("twilio-token"));
-    ssm.put_parameter()
-        .name(&token_param)
-        .value(TWILIO_TOKEN)
-        .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
-        .send()
-        .await
-        .unwrap();
+    let bot_token_param = common::put_secure_parameter(&ssm, "bot-token", BOT_TOKEN).await;
+    let token_param = common::put_secure_parameter(&ssm, "twilio-token", TWILIO_TOKEN).await;
     let config = format!(
         r#"
 [sources.sendblue]
@@ -179,13 +164,7 @@ to = "sms_fallback"
         twilio = twilio.url,
         bot = bot.url
     );
-    ssm.put_parameter()
-        .name(&config_param)
-        .value(config)
-        .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
-        .send()
-        .await
-        .unwrap();
+    let config_param = common::put_secure_parameter(&ssm, "config", &config).await;
 
     let env = |extra: &[(&str, &str)]| -> Vec<(&'static str, String)> {
         let mut v: Vec<(&'static str, String)> = vec![

@@ -121,6 +121,20 @@ pub async fn create_idempotency_table(client: &aws_sdk_dynamodb::Client, name: &
         .expect("create table");
 }
 
+/// Stores `value` as a SecureString parameter `/bluehook/test/<unique name from prefix>`;
+/// answers its name.
+pub async fn put_secure_parameter(ssm: &aws_sdk_ssm::Client, prefix: &str, value: &str) -> String {
+    let name = format!("/bluehook/test/{}", unique(prefix));
+    ssm.put_parameter()
+        .name(&name)
+        .value(value)
+        .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+        .send()
+        .await
+        .unwrap();
+    name
+}
+
 pub async fn create_queue(client: &aws_sdk_sqs::Client, name: &str) -> String {
     client
         .create_queue()
