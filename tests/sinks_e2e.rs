@@ -140,36 +140,37 @@ from = "+15550001111"
     let s = stats(dir.path());
     assert_eq!(s["analytics"]["messages_read"], 1);
 
-    // The sinks' attempts are the event's attempts, like a destination's.
+    // The sinks' attempts are the event's attempts, like a destination's. The two failure
+    // words for h1 (ERROR, FAILED) race for the one SMS: whichever sends it records the send,
+    // the other finds it done (`already_done`), and both show the SMS delivered.
     let id = |a: &serde_json::Value| a["events"][0].as_str().unwrap().to_owned();
-    let error = common::events_show(dir.path(), &id(&answers[0]));
-    assert_eq!(error["deliveries"]["sms_fallback"], "delivered", "{error}");
-    assert_eq!(error["deliveries"]["crm"], "delivered", "{error}");
-    assert!(
-        error["deliveries"].get("analytics").is_none(),
-        "analytics archives batches: {error}"
-    );
-    let sms: Vec<&serde_json::Value> = error["attempts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|a| a["destination"] == "sms_fallback")
-        .collect();
-    assert_eq!(sms.len(), 1, "{error}");
-    assert!(sms[0].get("detail").is_none(), "{error}");
-    // The second failure word for h1 finds the SMS sent.
-    let failed = common::events_show(dir.path(), &id(&answers[3]));
-    let sms = failed["attempts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["destination"] == "sms_fallback")
-        .cloned()
-        .unwrap_or_default();
+    let mut sms_details = Vec::new();
+    for answer in [&answers[0], &answers[3]] {
+        let shown = common::events_show(dir.path(), &id(answer));
+        assert_eq!(shown["deliveries"]["sms_fallback"], "delivered", "{shown}");
+        // Both set h1 to failed: whichever comes second is stale for the CRM.
+        let crm = shown["deliveries"]["crm"].as_str();
+        assert!(matches!(crm, Some("delivered" | "skipped")), "{shown}");
+        assert!(
+            shown["deliveries"].get("analytics").is_none(),
+            "analytics archives batches: {shown}"
+        );
+        let last = shown["attempts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|a| a["destination"] == "sms_fallback")
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(last["state"], "delivered", "{shown}");
+        sms_details.push(last["detail"].as_str().map(str::to_owned));
+    }
+    sms_details.sort();
     assert_eq!(
-        (sms["state"].as_str(), sms["detail"].as_str()),
-        (Some("delivered"), Some("already_done")),
-        "{failed}"
+        sms_details,
+        vec![None, Some("already_done".to_owned())],
+        "one event sent the SMS, the other found it sent"
     );
     assert!(dev.interrupt().success());
 }
