@@ -36,6 +36,11 @@ enum Command {
         /// Config file [default: ./bluehook.toml if it exists, else a built-in `sendblue` source].
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Serve the inspector (the page at `/` and `/_bluehook/api/`) on any listen address,
+        /// to requests with `Authorization: Bearer <token>` [default: the inspector is on for a
+        /// loopback address only, without a token].
+        #[arg(long, env = "BLUEHOOK_INSPECTOR_TOKEN", hide_env_values = true)]
+        inspector_token: Option<String>,
     },
     /// Post a correctly signed sample webhook and print the answer.
     Send {
@@ -148,11 +153,13 @@ async fn main() -> ExitCode {
             listen,
             data_dir,
             config,
+            inspector_token,
         } => local::run_dev(DevOptions {
             listen,
             data_dir,
             config,
             default_config: PathBuf::from("bluehook.toml"),
+            inspector_token: inspector_token.filter(|t| !t.is_empty()),
         })
         .await
         .map(|_| ExitCode::SUCCESS),

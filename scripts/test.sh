@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need (a Python venv with moto's server, cfn-lint,
-# the SAM CLI and cargo-lambda, from PyPI), validates template.yaml, builds every Lambda
+# the SAM CLI and cargo-lambda, from PyPI; Debian's chromium and playwright-core from npm for the
+# inspector's browser test), validates template.yaml, builds every Lambda
 # function's bootstrap with `cargo lambda build --release` and the test binaries, starts moto on
 # a free loopback port, runs every test of the workspace, and stops moto.
 # Extra arguments go to the test runner (e.g. a test name filter).
@@ -16,6 +17,24 @@ if [ ! -x "$venv/bin/moto_server" ] || [ ! -x "$venv/bin/cfn-lint" ] || [ ! -x "
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check 'moto[server]>=5.1,<6' 'cfn-lint>=1,<2' \
     'aws-sam-cli>=1.100,<2' 'cargo-lambda>=1,<2'
+fi
+# The inspector's browser test: Debian's chromium and playwright-core (tests/browser).
+mkdir -p target
+chromium="${BLUEHOOK_TEST_CHROMIUM:-/usr/bin/chromium}"
+if [ ! -x "$chromium" ]; then
+  echo "==> installing chromium (Debian's package) for the inspector's browser test"
+  sudo=""
+  if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  if ! $sudo apt-get install -y -q chromium >target/apt.log 2>&1; then
+    $sudo apt-get update -q >>target/apt.log 2>&1
+    $sudo apt-get install -y -q chromium >>target/apt.log 2>&1 || {
+      echo "FAILED: apt-get install chromium (target/apt.log):"; tail -n 20 target/apt.log; exit 1; }
+  fi
+fi
+if [ ! -d tests/browser/node_modules/playwright-core ]; then
+  echo "==> npm ci (tests/browser: playwright-core)"
+  npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
 fi
 if [ "${1:-}" = "--install-only" ]; then
   exit 0

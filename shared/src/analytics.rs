@@ -296,6 +296,72 @@ pub fn summarise(events: &[Event]) -> Summary {
     }
 }
 
+/// One interval of [`rate_series`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RatePoint {
+    /// When the interval starts (RFC 3339).
+    pub start: String,
+    /// Outbound messages reported sent, delivered and read in the interval (each message once
+    /// per status).
+    pub sent: u64,
+    pub delivered: u64,
+    pub read: u64,
+    /// delivered / sent and read / delivered within the interval, `null` without a base.
+    pub delivery_rate: Option<f64>,
+    pub read_rate: Option<f64>,
+}
+
+/// The delivery and read rates over `buckets` equal intervals from the archive's first outbound
+/// status to its last (the inspector's sparklines).
+pub fn rate_series(events: &[Event], buckets: usize) -> Vec<RatePoint> {
+    let statuses: Vec<(Time, &str, MessageStatus)> = events
+        .iter()
+        .filter(|e| e.kind == EventKind::MessageStatus && e.direction == Some(Direction::Outbound))
+        .filter_map(|e| {
+            Some((
+                e.occurred_at.unwrap_or(e.received_at),
+                e.message_handle.as_deref()?,
+                e.status?,
+            ))
+        })
+        .collect();
+    let (Some(first), Some(last)) = (
+        statuses.iter().map(|s| s.0).min(),
+        statuses.iter().map(|s| s.0).max(),
+    ) else {
+        return Vec::new();
+    };
+    let buckets = buckets.max(1);
+    let span_ms = (last - first).num_milliseconds().max(1) + 1;
+    let width_ms = (span_ms + buckets as i64 - 1) / buckets as i64;
+    let mut sets: Vec<[HashSet<&str>; 3]> = (0..buckets).map(|_| Default::default()).collect();
+    for (at, handle, status) in statuses {
+        let i = (((at - first).num_milliseconds() / width_ms) as usize).min(buckets - 1);
+        let reached = match status {
+            MessageStatus::Sent => 1,
+            MessageStatus::Delivered => 2,
+            MessageStatus::Read => 3,
+            _ => 0,
+        };
+        for set in sets[i].iter_mut().take(reached) {
+            set.insert(handle);
+        }
+    }
+    let ratio = |a: usize, b: usize| (b > 0).then(|| a as f64 / b as f64);
+    sets.iter()
+        .enumerate()
+        .map(|(i, [sent, delivered, read])| RatePoint {
+            start: (first + chrono::Duration::milliseconds(width_ms * i as i64))
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            sent: sent.len() as u64,
+            delivered: delivered.len() as u64,
+            read: read.len() as u64,
+            delivery_rate: ratio(delivered.len(), sent.len()),
+            read_rate: ratio(read.len(), delivered.len()),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,6 +386,30 @@ mod tests {
         e.contact_number = Some("+2000".into());
         e.occurred_at = Some(t);
         e
+    }
+
+    #[test]
+    fn rate_series_buckets_each_message_by_the_statuses_it_reached() {
+        use EventKind::MessageStatus as St;
+        use MessageStatus::*;
+        let out = Direction::Outbound;
+        let events = vec![
+            ev("a1", St, Sent, out, "a", 0),
+            ev("a2", St, Delivered, out, "a", 1),
+            ev("b1", St, Delivered, out, "b", 2),
+            ev("b2", St, Read, out, "b", 3),
+            ev("c1", St, Sent, out, "c", 10),
+            ev("c2", St, Failed, out, "c", 11),
+        ];
+        let s = rate_series(&events, 2);
+        assert_eq!(s.len(), 2);
+        assert_eq!((s[0].sent, s[0].delivered, s[0].read), (2, 2, 1));
+        assert_eq!(s[0].delivery_rate, Some(1.0));
+        assert_eq!(s[0].read_rate, Some(0.5));
+        assert_eq!((s[1].sent, s[1].delivered, s[1].read), (1, 0, 0));
+        assert_eq!(s[1].delivery_rate, Some(0.0));
+        assert_eq!(s[1].read_rate, None);
+        assert!(rate_series(&[], 24).is_empty());
     }
 
     #[tokio::test]

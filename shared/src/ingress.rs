@@ -52,6 +52,10 @@ pub struct IngressResponse {
     pub body: String,
     /// The stable error code, for error answers.
     pub error_code: Option<&'static str>,
+    /// Why a webhook was not authenticated (`bad_signature`, ...), for 401 answers.
+    pub reason: Option<&'static str>,
+    /// The ids of the request's events that were accepted or found to be duplicates.
+    pub event_ids: Vec<String>,
 }
 
 impl IngressResponse {
@@ -62,6 +66,8 @@ impl IngressResponse {
             allow: None,
             body: serde_json::to_string(body).expect("answers serialise"),
             error_code: None,
+            reason: None,
+            event_ids: Vec::new(),
         }
     }
 
@@ -309,7 +315,10 @@ impl Ingress {
             );
             self.metrics
                 .incr(&format!("{}{}", metrics::AUTH_PREFIX, e.reason()), 1);
-            return IngressResponse::error(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string());
+            let mut r =
+                IngressResponse::error(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string());
+            r.reason = Some(e.reason());
+            return r;
         }
         if provider::json_nesting_exceeds(body, provider::MAX_JSON_DEPTH) {
             tracing::warn!(source, "webhook refused: JSON nested too deeply");
@@ -365,6 +374,7 @@ impl Ingress {
     async fn accept(&self, source: &str, events: Vec<Event>) -> IngressResponse {
         let mut accepted = Vec::with_capacity(events.len());
         let mut duplicates = 0u64;
+        let mut ids = Vec::with_capacity(events.len());
         for event in events {
             let times = ClaimTimes {
                 now_ms: Utc::now().timestamp_millis(),
@@ -387,17 +397,19 @@ impl Ingress {
                         status = event.status.map(|s| s.as_str()),
                         "accepted"
                     );
+                    ids.push(event.id.clone());
                     accepted.push(event.id);
                 }
                 Outcome::Duplicate => {
                     tracing::info!(source, event_id = %event.id, "duplicate");
                     self.metrics.incr(metrics::DUPLICATES, 1);
                     duplicates += 1;
+                    ids.push(event.id);
                 }
                 Outcome::Stop(response) => return response,
             }
         }
-        if accepted.is_empty() {
+        let mut answer = if accepted.is_empty() {
             tracing::debug!(source, duplicates, "all duplicates");
             IngressResponse::json(
                 StatusCode::OK,
@@ -414,7 +426,9 @@ impl Ingress {
                     events: Some(&accepted),
                 },
             )
-        }
+        };
+        answer.event_ids = ids;
+        answer
     }
 
     fn in_progress(retry_after: Duration) -> Outcome {

@@ -142,6 +142,25 @@ CREATE TABLE IF NOT EXISTS events_index (
     event TEXT NOT NULL
 );
 
+-- Every webhook request answered by `bluehook dev`, accepted or refused (the inspector): the
+-- newest 10,000, headers with signatures and secrets redacted.
+CREATE TABLE IF NOT EXISTS inspector_requests (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_ms INTEGER NOT NULL,
+    method TEXT NOT NULL,
+    path TEXT NOT NULL,
+    source TEXT,
+    status INTEGER NOT NULL,
+    outcome TEXT NOT NULL,          -- accepted | duplicate | ping | refused | unavailable
+    code TEXT,                      -- the error code of an error answer
+    reason TEXT,                    -- the authentication failure, or the answer's message
+    event_ids TEXT NOT NULL,        -- comma-separated
+    headers TEXT NOT NULL,          -- JSON [[name, value], ...]
+    body BLOB,                      -- the first 256 KiB
+    body_bytes INTEGER NOT NULL,
+    duration_us INTEGER NOT NULL
+);
+
 CREATE TABLE IF NOT EXISTS counters (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL

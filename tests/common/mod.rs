@@ -193,6 +193,17 @@ impl DevProcess {
         level: &str,
         log_file: Option<&Path>,
     ) -> DevProcess {
+        Self::start_on("127.0.0.1:0", data_dir, extra, level, log_file)
+    }
+
+    /// Starts listening on `listen` (the URL it prints may name an unspecified address).
+    pub fn start_on(
+        listen: &str,
+        data_dir: &Path,
+        extra: &[&str],
+        level: &str,
+        log_file: Option<&Path>,
+    ) -> DevProcess {
         let stderr = match log_file {
             Some(p) => Stdio::from(std::fs::File::create(p).unwrap()),
             None => Stdio::inherit(),
@@ -200,7 +211,7 @@ impl DevProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_bluehook"))
             .arg("dev")
             .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(listen)
             .arg("--data-dir")
             .arg(data_dir)
             .args(extra)

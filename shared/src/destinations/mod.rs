@@ -367,7 +367,7 @@ fn parse_retry_after(v: &str) -> Option<Duration> {
 }
 
 /// The class of an attempt that got no answer.
-fn error_class(e: &reqwest::Error) -> &'static str {
+pub fn error_class(e: &reqwest::Error) -> &'static str {
     if e.is_timeout() {
         "timeout"
     } else if e.is_connect() {

@@ -1,6 +1,7 @@
 //! `bluehook dev`: the whole pipeline in one process on the embedded SQLite database.
 
 pub mod event_log;
+pub mod inspector;
 pub mod server;
 
 use std::net::SocketAddr;
@@ -61,6 +62,8 @@ pub struct DevOptions {
     /// `None`: use `./bluehook.toml` if it exists, else the built-in default.
     pub config: Option<PathBuf>,
     pub default_config: PathBuf,
+    /// `--inspector-token`: the inspector on any listen address, for requests that carry it.
+    pub inspector_token: Option<String>,
 }
 
 pub fn db_path(data_dir: &Path) -> PathBuf {
@@ -129,6 +132,22 @@ pub async fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
 
     let ssm = ssm_client(&config).await?;
     let sources = build_sources(&config, ssm.as_ref().map(|c| c as _)).await?;
+    let mut signers: Vec<(String, Arc<dyn crate::provider::Provider>)> = sources
+        .iter()
+        .map(|(n, p)| (n.clone(), p.clone()))
+        .collect();
+    signers.sort_by(|a, b| a.0.cmp(&b.0));
+    // A source's own signature header (an HMAC source names it) is redacted like the usual ones.
+    let secret_headers: Vec<String> = config
+        .sources
+        .values()
+        .filter_map(|s| {
+            s.settings
+                .get("header")?
+                .as_str()
+                .map(str::to_ascii_lowercase)
+        })
+        .collect();
     let metrics = Arc::new(SqliteCounters::new(db.clone()));
     let idempotency = SqliteIdempotency::new(db.clone());
     let queue = SqliteQueue::new(
@@ -157,7 +176,6 @@ pub async fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
         .with_atomic_accept(Arc::new(queue.clone())),
     );
     let log = event_log::EventLog::open(&opts.data_dir)?;
-    let log_path = log.path().to_owned();
 
     // Sinks: with the built-in default config all three are on (CRM and SMS into the outbox
     // table); with a config file, each sink whose [sinks.<name>] section exists.
@@ -259,6 +277,7 @@ pub async fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
     let mut endpoints: BTreeMap<String, Arc<dyn Queue>> = BTreeMap::new();
     let mut origins = Vec::new();
     let mut deliverers = Vec::new();
+    let mut destination_queues = BTreeMap::new();
     for (name, d) in destinations {
         let q = SqliteQueue::new(
             db.clone(),
@@ -270,6 +289,7 @@ pub async fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
         );
         q.recover_in_flight().await?;
         endpoints.insert(name.clone(), Arc::new(q.clone()));
+        destination_queues.insert(name.clone(), q.clone());
         origins.push((name, d.origin()));
         deliverers.push((
             q,
@@ -287,14 +307,27 @@ pub async fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", opts.listen))?;
     let addr: SocketAddr = listener.local_addr()?;
     let sinks: Vec<&str> = stages.iter().map(|(d, _)| d.as_str()).collect();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let access = inspector::Access::decide(addr, opts.inspector_token.clone());
+    let inspector = inspector::Inspector::start(inspector::InspectorParts {
+        db: db.clone(),
+        access: access.clone(),
+        listen: addr,
+        sources: signers,
+        secret_headers,
+        destinations: destination_queues,
+        queues: local_queues().into_iter().map(str::to_owned).collect(),
+        analytics_dir: opts.data_dir.join(ANALYTICS_DIR),
+        shutdown: stop_rx.clone(),
+    });
     print_banner(
         addr,
         &opts,
         &ingress,
         config_path.as_deref(),
         dev_secret.as_deref(),
-        &log_path,
         &sinks,
+        &access,
     );
     for (name, origin) in &origins {
         println!("  destination: {name} -> {origin}");
@@ -304,9 +337,8 @@ pub async fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
     }
 
     // The server stops first; the workers then drain what it queued, the router first.
-    let (stop_tx, stop_rx) = watch::channel(false);
     let (stop_workers_tx, stop_workers_rx) = watch::channel(false);
-    let server = tokio::spawn(server::serve(listener, ingress, stop_rx.clone()));
+    let server = tokio::spawn(server::serve(listener, ingress, inspector, stop_rx.clone()));
     let mut workers = vec![tokio::spawn(run_worker(
         queue,
         Stage::Batch {
@@ -380,11 +412,21 @@ fn print_banner(
     ingress: &Ingress,
     config_path: Option<&Path>,
     dev_secret: Option<&str>,
-    log_path: &Path,
     sinks: &[&str],
+    access: &inspector::Access,
 ) {
+    let log_path = opts.data_dir.join(event_log::FILE_NAME);
     let base = format!("http://{addr}");
     println!("bluehook dev listening on {base}");
+    match access {
+        inspector::Access::Loopback => println!("  inspector:   {base}/"),
+        inspector::Access::Token(_) => {
+            println!("  inspector:   {base}/  (every request needs `Authorization: Bearer <token>`)")
+        }
+        inspector::Access::Off => println!(
+            "  inspector:   off (the listen address is not loopback; --inspector-token T turns it on)"
+        ),
+    }
     println!("  data folder: {}", opts.data_dir.display());
     println!("  event log:   {}", log_path.display());
     if sinks.is_empty() {

@@ -6,8 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -17,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::ingress::{Ingress, IngressRequest, RequestBody};
+use crate::local::inspector::{self, Inspector};
 
 /// How long a client has to send its headers, and then its body.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -78,26 +78,51 @@ async fn drain(body: &mut Incoming) {
 
 async fn serve_one(
     ingress: Arc<Ingress>,
+    inspector: Option<Arc<Inspector>>,
     req: http::Request<Incoming>,
-) -> Result<http::Response<Full<Bytes>>, std::convert::Infallible> {
+) -> Result<http::Response<inspector::Body>, std::convert::Infallible> {
+    if let Some(inspector) = inspector
+        .as_ref()
+        .filter(|_| Inspector::claims(req.uri().path()))
+    {
+        return Ok(inspector.handle(req).await);
+    }
+    let started = std::time::Instant::now();
     let (parts, body) = req.into_parts();
     let body = read_body(body, &parts.headers, ingress.max_body_bytes()).await;
+    let webhook = parts.uri.path().starts_with("/webhooks/");
+    // The inspector keeps the request (headers, body) to show beside its answer.
+    let kept = inspector
+        .as_ref()
+        .filter(|_| webhook)
+        .map(|_| (parts.headers.clone(), body.clone()));
     let request = IngressRequest {
-        method: parts.method,
+        method: parts.method.clone(),
         path: parts.uri.path().to_owned(),
         query: parts.uri.query().map(str::to_owned),
         headers: parts.headers,
         body,
     };
-    let response = ingress.handle(request).await.into_http();
-    Ok(response.map(|b| Full::new(Bytes::from(b))))
+    let answer = ingress.handle(request).await;
+    if let (Some(inspector), Some((headers, body))) = (&inspector, kept) {
+        inspector.observe(
+            &parts.method,
+            &parts.uri,
+            &headers,
+            &body,
+            &answer,
+            started.elapsed(),
+        );
+    }
+    Ok(answer.into_http().map(inspector::full))
 }
 
-/// Serves `ingress` on `listener` until `shutdown` turns true, then lets in-flight requests
-/// finish (up to 10 s).
+/// Serves `ingress` (and the inspector, when it is on) on `listener` until `shutdown` turns
+/// true, then lets in-flight requests finish (up to 10 s).
 pub async fn serve(
     listener: TcpListener,
     ingress: Arc<Ingress>,
+    inspector: Option<Arc<Inspector>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let graceful = GracefulShutdown::new();
@@ -115,13 +140,14 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let ingress = ingress.clone();
+        let inspector = inspector.clone();
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_TIMEOUT)
             .max_buf_size(64 * 1024)
             .serve_connection(
                 TokioIo::new(stream),
-                service_fn(move |req| serve_one(ingress.clone(), req)),
+                service_fn(move |req| serve_one(ingress.clone(), inspector.clone(), req)),
             );
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
