@@ -261,6 +261,7 @@ async fn send(sample: &str, target: Target, opts: SampleOptions) -> anyhow::Resu
     let source_config = configured.cloned().unwrap_or_else(|| SourceConfig {
         provider: provider.to_owned(),
         secrets: Vec::new(),
+        sender: None,
         settings: Default::default(),
     });
     let secret = match (target.secret, configured) {
@@ -555,6 +556,14 @@ async fn stats(data_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
             s.delivered, s.retrying, s.queued, s.dead_lettered, s.attempts
         );
     }
+    let line = |m: &std::collections::BTreeMap<String, u64>| {
+        m.iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!("replies        {}", line(&stats.replies));
+    println!("follow-ups     {}", line(&stats.followups));
     let pct = |r: Option<f64>| r.map_or("-".to_owned(), |r| format!("{:.1}%", r * 100.0));
     println!("analytics      {} events archived", summary.events);
     println!(

@@ -8,7 +8,8 @@
 # instead of `cli`, the command line's (the README's run command); FEATURES=none builds the
 # command line as the README's quick start does (`--no-default-features`). DESTINATIONS=N adds N
 # destinations, every event routed to each, all pointing at `examples/receiver.rs` (an instant
-# receiver); the run then also waits for every delivery. The last line gives the CPU the dev
+# receiver); the run then also waits for every delivery. INSPECTOR=off listens on 0.0.0.0 (the
+# inspector is off there: no request recorded for it), to measure what the inspector costs. The last line gives the CPU the dev
 # process used (user + system), per accepted event.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +24,8 @@ cargo build --profile "$profile" --quiet --example loadgen --example receiver
 bin="target/$profile/bluehook"
 loadgen="target/$profile/examples/loadgen"
 destinations="${DESTINATIONS:-0}"
+listen_host=127.0.0.1
+if [ "${INSPECTOR:-on}" = off ]; then listen_host=0.0.0.0; fi
 data="$(mktemp -d)"
 port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 config=()
@@ -63,7 +66,7 @@ to = "sms_fallback"
 TOML
   fi
 fi
-BLUEHOOK_LOG=warn "$bin" dev --listen "127.0.0.1:$port" --data-dir "$data" "${config[@]}" >"$data/dev.out" 2>"$data/dev.err" &
+BLUEHOOK_LOG=warn "$bin" dev --listen "$listen_host:$port" --data-dir "$data" "${config[@]}" >"$data/dev.out" 2>"$data/dev.err" &
 dev_pid=$!
 trap 'kill "$dev_pid" 2>/dev/null || true; [ -z "$receiver_pid" ] || kill "$receiver_pid" 2>/dev/null || true; rm -rf "$data"' EXIT
 for _ in $(seq 100); do grep -q "listening" "$data/dev.out" 2>/dev/null && break; sleep 0.1; done

@@ -160,7 +160,7 @@ async fn sendblue_sends_the_fallback_through_its_send_message_api() {
     let sms = Deliverer::new(
         SmsFallback::new(
             None,
-            SmsSender::from_config(&section, None, None).await.unwrap(),
+            Arc::new(SmsSender::from_config(&section, None, None).await.unwrap()),
             Arc::new(MemoryMetrics::default()),
             retry(),
         ),

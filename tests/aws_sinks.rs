@@ -113,7 +113,7 @@ async fn sms_fallback(t: &Tables, url: &str) -> SqsDeliveries<Redrive> {
     SqsDeliveries::sink(Arc::new(Deliverer::new(
         SmsFallback::new(
             Some(Arc::new(DynamoState::new(t.ddb.clone(), &t.state))),
-            SmsSender::from_config(&section, None, None).await.unwrap(),
+            Arc::new(SmsSender::from_config(&section, None, None).await.unwrap()),
             Arc::new(MemoryMetrics::default()),
             retry(),
         ),

@@ -77,6 +77,10 @@ pub struct SourceConfig {
     pub provider: String,
     #[serde(default)]
     pub secrets: Vec<String>,
+    /// The `[senders.<name>]` that answers this source's contacts (bot replies), from the line
+    /// they wrote to.
+    #[serde(default)]
+    pub sender: Option<String>,
     #[serde(flatten)]
     pub settings: toml::Table,
 }
@@ -98,6 +102,13 @@ pub struct Config {
     /// `[destinations.<name>]`: the user's own endpoints, read by the delivery stage.
     #[serde(default)]
     pub destinations: BTreeMap<String, toml::Value>,
+    /// `[senders.<name>]`: outbound messaging accounts (bot replies, follow-ups, the SMS
+    /// fallback).
+    #[serde(default)]
+    pub senders: BTreeMap<String, toml::Value>,
+    /// `[[followups]]`: read but no reply -> follow up (read by the follow-ups module).
+    #[serde(default)]
+    pub followups: Vec<toml::Value>,
 }
 
 impl Config {
@@ -131,10 +142,29 @@ impl Config {
                 "queue.max_receive_count must be > 0".into(),
             ));
         }
-        for name in self.sources.keys() {
+        for (name, source) in &self.sources {
             if !valid_source_name(name) {
                 return Err(ConfigError::Invalid(format!(
                     "source name `{name}`: use 1-64 letters, digits, `-` or `_`"
+                )));
+            }
+            if let Some(sender) = &source.sender {
+                if !self.senders.contains_key(sender) {
+                    return Err(ConfigError::Invalid(format!(
+                        "[sources.{name}]: sender `{sender}` is not defined: add a [senders.{sender}] section"
+                    )));
+                }
+            }
+        }
+        let fallback_sender = self
+            .sinks
+            .get("sms_fallback")
+            .and_then(|s| s.get("sender"))
+            .map(|s| s.as_str().unwrap_or_default().to_owned());
+        if let Some(sender) = fallback_sender {
+            if !self.senders.contains_key(&sender) {
+                return Err(ConfigError::Invalid(format!(
+                    "[sinks.sms_fallback]: sender `{sender}` is not defined: add a [senders.{sender}] section"
                 )));
             }
         }

@@ -28,6 +28,10 @@ pub enum EventKind {
     /// A verified body whose shape was not recognised: kept whole, never dropped.
     #[serde(rename = "unknown")]
     Unknown,
+    /// Made by bluehook: a `[[followups]]` rule came due for a message that was read and not
+    /// answered (delivered to the rule's destinations).
+    #[serde(rename = "followup.due")]
+    FollowupDue,
 }
 
 impl EventKind {
@@ -41,6 +45,7 @@ impl EventKind {
             EventKind::LineAssigned => "line_assigned",
             EventKind::ContactCreated => "contact_created",
             EventKind::Unknown => "unknown",
+            EventKind::FollowupDue => "followup.due",
         }
     }
 }

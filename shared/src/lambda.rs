@@ -20,7 +20,7 @@ use crate::queue::Queue;
 use crate::router::Router;
 use crate::routing::{Destination, Routes};
 use crate::sinks::crm::{CrmAdapter, CrmSync};
-use crate::sinks::sms::{SmsFallback, SmsSender};
+use crate::sinks::sms::SmsFallback;
 use crate::state::dynamodb::DynamoState;
 
 /// Environment variables the functions read (the template sets each of them).
@@ -212,8 +212,10 @@ pub async fn sms_fallback_from_env() -> anyhow::Result<SqsDeliveries<Redrive>> {
     let aws = aws_config::load_from_env().await;
     let ssm = aws_sdk_ssm::Client::new(&aws);
     let config = load_config(&ssm).await?;
-    let sender = SmsSender::from_config(
+    let senders = crate::sinks::sms::senders_from_config(&config.senders, None, Some(&ssm)).await?;
+    let sender = crate::sinks::sms::fallback_sender(
         sink_section(&config, Destination::SmsFallback)?,
+        &senders,
         None,
         Some(&ssm),
     )

@@ -7,6 +7,7 @@
 //! - [`routing`] and [`router`]: which sinks an event goes to; [`processing`]: SQS batches with
 //!   partial failures, on Lambda and locally.
 //! - [`analytics`]: the NDJSON archive (S3 / local folder), EMF metrics, rates.
+//! - [`followups`]: read-but-no-reply follow-ups and their durable timers.
 //! - [`local`]: `bluehook dev`, the one-process pipeline on SQLite.
 //! - [`lambda`]: glue for the Lambda functions.
 
@@ -15,6 +16,7 @@ pub mod config;
 pub mod delivery;
 pub mod destinations;
 pub mod event;
+pub mod followups;
 pub mod idempotency;
 pub mod ingress;
 #[cfg(feature = "lambda")]

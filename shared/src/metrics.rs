@@ -170,6 +170,11 @@ pub struct Stats {
     pub skipped: BTreeMap<String, u64>,
     /// Messages in the dead-letter queues now.
     pub dead_lettered: u64,
+    /// Bot replies: `sent`, and `skipped.<reason>` (`no_sender`, `no_recipient`, ...).
+    pub replies: BTreeMap<String, u64>,
+    /// Follow-ups: `scheduled` (timers set), `pending`, `sent`, `skipped.<reason>` (`replied`,
+    /// `opted_out`, ...), `failed`, `unknown`.
+    pub followups: BTreeMap<String, u64>,
     pub queues: BTreeMap<String, QueueStats>,
 }
 
@@ -192,6 +197,7 @@ impl Stats {
             let mut auth_failures = BTreeMap::new();
             let mut routed = BTreeMap::new();
             let mut skipped = BTreeMap::new();
+            let mut replies = BTreeMap::from([("sent".to_owned(), 0)]);
             for (k, v) in &counters {
                 if let Some(code) = k.strip_prefix(REJECTED_PREFIX) {
                     rejected.insert(code.to_owned(), *v);
@@ -201,6 +207,8 @@ impl Stats {
                     routed.insert(d.to_owned(), *v);
                 } else if let Some(d) = k.strip_prefix("skipped.") {
                     skipped.insert(d.to_owned(), *v);
+                } else if let Some(r) = k.strip_prefix("replies.") {
+                    replies.insert(r.to_owned(), *v);
                 }
             }
             let mut per_queue = BTreeMap::new();
@@ -226,6 +234,8 @@ impl Stats {
                 routed,
                 skipped,
                 dead_lettered: per_queue.values().map(|q| q.dead_lettered).sum(),
+                replies,
+                followups: crate::followups::counts_or_empty(c),
                 queues: per_queue,
             })
         })

@@ -161,6 +161,20 @@ CREATE TABLE IF NOT EXISTS inspector_requests (
     duration_us INTEGER NOT NULL
 );
 
+-- Follow-up timers ([[followups]]): one per rule and read message, fired once when due.
+CREATE TABLE IF NOT EXISTS followup_timers (
+    key TEXT PRIMARY KEY,           -- <rule>:<source>:<handle>
+    rule TEXT NOT NULL,
+    due_ms INTEGER NOT NULL,
+    read_at_ms INTEGER NOT NULL,
+    event TEXT NOT NULL,            -- the read receipt that started it
+    state TEXT NOT NULL,            -- scheduled | sending | sent | skipped | failed | unknown
+    reason TEXT,                    -- why skipped or failed
+    attempts INTEGER NOT NULL DEFAULT 0,
+    fired_at_ms INTEGER
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS followup_due ON followup_timers(state, due_ms);
+
 CREATE TABLE IF NOT EXISTS counters (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL

@@ -297,3 +297,22 @@ pub fn events_show(data_dir: &Path, id: &str) -> serde_json::Value {
 pub fn stats(data_dir: &Path) -> serde_json::Value {
     cli_json(data_dir, &["stats", "--json"])
 }
+
+/// `bluehook dev` with `config` as its config file must refuse to start, saying `expected`.
+pub fn assert_dev_refuses(config: &str, expected: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bluehook.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_bluehook"))
+        .args(["dev", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&path)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains(expected),
+        "{config}\n{stderr}"
+    );
+}

@@ -11,11 +11,13 @@ use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use super::{AttemptRecord, Attempted, Completion, Deliver, Format, RateLimiter, Verdict};
+use super::{
+    AttemptRecord, Attempted, Completion, Deliver, FollowOn, Format, RateLimiter, Verdict,
+};
 use crate::idempotency::sqlite::complete_in;
 use crate::processing::{Processor, Record};
 use crate::queue::sqlite::{dead_letter_name, queue_depth, Settlement};
-use crate::queue::{Delivery, Queue, SqliteQueue};
+use crate::queue::{Delivery, OutgoingMessage, Queue, SqliteQueue};
 use crate::sqlite::{Db, DbError};
 
 /// The local queue of destination `name`.
@@ -58,8 +60,14 @@ pub struct Indexed {
 }
 
 /// Records routed events (their JSON and routes), for `bluehook events`.
-pub async fn index_events(db: &Db, routed: Vec<Indexed>) -> Result<(), DbError> {
+pub async fn index_events(
+    db: &Db,
+    routed: Vec<Indexed>,
+    timers: Vec<crate::followups::Timer>,
+) -> Result<(), DbError> {
     db.write(move |c| {
+        // A read receipt's follow-up timers are set with its index row.
+        crate::followups::schedule_in(c, &timers)?;
         let mut insert = c.prepare_cached(
             "INSERT OR IGNORE INTO events_index(id, source, kind, received_at_ms, routes, event)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -171,12 +179,16 @@ pub async fn run_worker(queue: SqliteQueue, stage: Stage, mut shutdown: watch::R
                 continue;
             }
         };
-        let (settlement, attempts, completions) = match &stage {
-            Stage::Batch { processor, .. } => (
-                process_batch(processor.as_ref(), deliveries).await,
-                Vec::new(),
-                Vec::new(),
-            ),
+        let Settled {
+            settlement,
+            attempts,
+            completions,
+            follow_ons,
+        } = match &stage {
+            Stage::Batch { processor, .. } => Settled {
+                settlement: process_batch(processor.as_ref(), deliveries).await,
+                ..Settled::default()
+            },
             Stage::Each { target, format, .. } => {
                 deliver_each(target, *format, limiter.as_deref(), deliveries).await
             }
@@ -206,6 +218,19 @@ pub async fn run_worker(queue: SqliteQueue, stage: Stage, mut shutdown: watch::R
                     }
                 }
                 insert_attempts(c, &attempts)?;
+                for (event_id, next) in &follow_ons {
+                    let message = OutgoingMessage {
+                        id: format!("{event_id}:{}", next.queue),
+                        body: next.body.clone(),
+                    };
+                    crate::queue::sqlite::insert_messages(c, next.queue, &[message])?;
+                    // `bluehook events` shows where it went.
+                    c.prepare_cached(
+                        "UPDATE events_index SET routes = routes || ',' || ?2
+                         WHERE id = ?1 AND instr(',' || routes || ',', ',' || ?2 || ',') = 0",
+                    )?
+                    .execute(params![event_id, next.route])?;
+                }
                 q.settle_in(c, &settlement, Some(counter))
             })
             .await;
@@ -249,7 +274,7 @@ async fn deliver_each(
     format: Format,
     limiter: Option<&RateLimiter>,
     deliveries: Vec<Delivery>,
-) -> (Settlement, Vec<AttemptRecord>, Vec<Completion>) {
+) -> Settled {
     let attempts = deliveries.into_iter().map(|d| async move {
         let attempted = match format.parse(&d.body) {
             Ok((_, event)) => {
@@ -264,23 +289,36 @@ async fn deliver_each(
                     verdict: Verdict::DeadLetter,
                     record: None,
                     completion: None,
+                    follow_on: None,
                 }
             }
         };
         (d.receipt, attempted)
     });
-    let mut settlement = Settlement::default();
-    let (mut records, mut completions) = (Vec::new(), Vec::new());
+    let mut settled = Settled::default();
     for (receipt, a) in futures_util::future::join_all(attempts).await {
         match a.verdict {
-            v if v.finished() => settlement.done.push(receipt),
-            Verdict::RetryIn(delay) => settlement.retry.push((receipt, delay)),
-            _ => settlement.dead.push(receipt),
+            v if v.finished() => settled.settlement.done.push(receipt),
+            Verdict::RetryIn(delay) => settled.settlement.retry.push((receipt, delay)),
+            _ => settled.settlement.dead.push(receipt),
         }
-        records.extend(a.record);
-        completions.extend(a.completion);
+        if let (Some(next), Some(r)) = (a.follow_on, &a.record) {
+            settled.follow_ons.push((r.event_id.clone(), next));
+        }
+        settled.attempts.extend(a.record);
+        settled.completions.extend(a.completion);
     }
-    (settlement, records, completions)
+    settled
+}
+
+/// What a batch comes to, written in one transaction.
+#[derive(Default)]
+struct Settled {
+    settlement: Settlement,
+    attempts: Vec<AttemptRecord>,
+    completions: Vec<Completion>,
+    /// (event id, what its done effect leads to).
+    follow_ons: Vec<(String, FollowOn)>,
 }
 
 /// The destinations a data folder knows: those with a queue or an attempt.

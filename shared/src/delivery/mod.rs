@@ -123,6 +123,10 @@ pub trait Target: Send + Sync + 'static {
     fn done(&self, _event: &Event, _work: &Self::Work) {}
     /// After a plan that needed nothing.
     fn skipped(&self, _event: &Event, _reason: &'static str) {}
+    /// What a done effect leads to, from what it produced (`result` of [`Outcome::Done`]).
+    fn follow_on(&self, _event: &Event, _result: Option<&str>) -> Option<FollowOn> {
+        None
+    }
 }
 
 /// What to do with a delivery after an attempt.
@@ -220,6 +224,20 @@ pub struct Attempted {
     pub verdict: Verdict,
     pub record: Option<AttemptRecord>,
     pub completion: Option<Completion>,
+    /// What the done effect leads to, queued with its completion.
+    pub follow_on: Option<FollowOn>,
+}
+
+/// A message a done effect leads to (a bot's reply to send to the contact): the carrier queues
+/// it in the same step that completes the effect, so it is queued exactly when the effect is
+/// recorded done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FollowOn {
+    /// The local queue (on AWS: the queue the function's environment names for it).
+    pub queue: &'static str,
+    /// What `bluehook events` lists among the event's routes for it (`reply`).
+    pub route: &'static str,
+    pub body: String,
 }
 
 impl Attempted {
@@ -228,6 +246,7 @@ impl Attempted {
             verdict,
             record: None,
             completion: None,
+            follow_on: None,
         }
     }
 }
@@ -372,6 +391,7 @@ impl<T: Target> Deliver for Deliverer<T> {
                         Some(reason.to_owned()),
                     )),
                     completion: None,
+                    follow_on: None,
                 };
             }
             Err(e) => {
@@ -381,6 +401,7 @@ impl<T: Target> Deliver for Deliverer<T> {
                     verdict,
                     record: Some(record(verdict, None, Some("internal"), Some(e))),
                     completion: None,
+                    follow_on: None,
                 };
             }
         };
@@ -395,6 +416,7 @@ impl<T: Target> Deliver for Deliverer<T> {
                     verdict,
                     record: Some(record(verdict, None, None, Some(ALREADY_DONE.to_owned()))),
                     completion: None,
+                    follow_on: None,
                 };
             }
             // Another copy of this delivery is under way, or its outcome is unknown: look again
@@ -412,7 +434,9 @@ impl<T: Target> Deliver for Deliverer<T> {
         let attempted = match outcome {
             Outcome::Done { status, result } => {
                 self.target.done(event, &work);
+                let follow_on = self.target.follow_on(event, result.as_deref());
                 Attempted {
+                    follow_on,
                     verdict: Verdict::Delivered,
                     record: Some(record(Verdict::Delivered, status, None, None)),
                     completion: Some(Completion {
@@ -443,6 +467,7 @@ impl<T: Target> Deliver for Deliverer<T> {
                     verdict,
                     record: Some(record(verdict, status, error, detail)),
                     completion: None,
+                    follow_on: None,
                 }
             }
         };

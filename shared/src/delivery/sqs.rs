@@ -212,6 +212,13 @@ impl<S: Settle> SqsDeliveries<S> {
                     if let Some(r) = &a.record {
                         println!("{}", attempt_line(r, chrono::Utc::now().timestamp_millis()));
                     }
+                    if let Some(next) = &a.follow_on {
+                        tracing::warn!(
+                            event_id = %event.id,
+                            follow_on = next.route,
+                            "a bot reply was answered; replies are sent by `bluehook dev` only in this version, not on AWS"
+                        );
+                    }
                     a.verdict
                 }
                 None => {

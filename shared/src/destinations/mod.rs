@@ -327,10 +327,15 @@ impl Target for Destination {
 
     async fn perform(&self, event: &Event, _: &()) -> Outcome {
         match self.attempt(event).await.0 {
-            AttemptResult::Answered { status, .. } if (200..300).contains(&status) => {
+            AttemptResult::Answered { status, body, .. } if (200..300).contains(&status) => {
+                // A bot's reply to an inbound message is kept with the effect (its result) and
+                // leads to the reply's send ([`Target::follow_on`]).
+                let reply = (self.reply && crate::sinks::reply::answers(event))
+                    .then(|| crate::sinks::reply::parse(&body))
+                    .flatten();
                 Outcome::Done {
                     status: Some(status),
-                    result: None,
+                    result: reply,
                 }
             }
             AttemptResult::Answered {
@@ -352,6 +357,11 @@ impl Target for Destination {
                 definite: false,
             },
         }
+    }
+
+    fn follow_on(&self, event: &Event, result: Option<&str>) -> Option<crate::delivery::FollowOn> {
+        let text = result.filter(|_| self.reply)?;
+        Some(crate::sinks::reply::follow_on(event, text))
     }
 }
 

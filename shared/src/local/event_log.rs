@@ -144,6 +144,8 @@ pub struct LoggingRouter {
     router: Router,
     /// Where routed events are indexed for `bluehook events`.
     index: Option<crate::sqlite::Db>,
+    /// `[[followups]]`: read receipts set their timers as they are indexed.
+    followups: Vec<crate::followups::Rule>,
 }
 
 impl LoggingRouter {
@@ -152,7 +154,14 @@ impl LoggingRouter {
             log: Arc::new(Mutex::new(log)),
             router,
             index: None,
+            followups: Vec::new(),
         }
+    }
+
+    /// Sets the follow-up timers of read receipts (with the index).
+    pub fn with_followups(mut self, rules: Vec<crate::followups::Rule>) -> LoggingRouter {
+        self.followups = rules;
+        self
     }
 
     /// Also records each event and its routes in `db`'s `events_index`.
@@ -182,7 +191,11 @@ impl Processor for LoggingRouter {
                     json: r.body.clone(),
                 })
                 .collect();
-            if let Err(e) = crate::delivery::local::index_events(db, routed).await {
+            let timers = events
+                .iter()
+                .flat_map(|(r, e)| crate::followups::timers_for(&self.followups, e, &r.body))
+                .collect();
+            if let Err(e) = crate::delivery::local::index_events(db, routed, timers).await {
                 tracing::error!(error = %e, "cannot index events; they stay queued");
                 return batch.into_iter().map(|r| r.id).collect();
             }

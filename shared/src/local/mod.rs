@@ -29,7 +29,7 @@ use crate::queue::SqliteQueue;
 use crate::router::Router;
 use crate::routing::{Destination, Routes};
 use crate::sinks::crm::{CrmAdapter, CrmSync};
-use crate::sinks::sms::{SmsFallback, SmsSender};
+use crate::sinks::sms::SmsFallback;
 use crate::sinks::Outbox;
 use crate::sqlite::Db;
 use crate::state::sqlite::SqliteState;
@@ -45,6 +45,7 @@ pub const ANALYTICS_DIR: &str = "analytics";
 pub fn local_queues() -> Vec<&'static str> {
     std::iter::once(EVENTS_QUEUE)
         .chain(Destination::ALL.iter().map(|d| d.queue_name()))
+        .chain(std::iter::once(crate::sinks::reply::QUEUE))
         .collect()
 }
 /// Deliveries under way at once to one destination.
@@ -118,6 +119,7 @@ pub fn load_config(opts: &DevOptions) -> anyhow::Result<(Config, Option<String>,
         SourceConfig {
             provider: "sendblue".into(),
             secrets: vec![secret.clone()],
+            sender: None,
             settings: toml::Table::new(),
         },
     );
@@ -208,6 +210,9 @@ pub async fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
         (None, None) => None,
     };
     let outbox = Outbox::new(db.clone());
+    let senders =
+        crate::sinks::sms::senders_from_config(&config.senders, Some(outbox.clone()), ssm_ref)
+            .await?;
     let state: Arc<dyn StateStore> = Arc::new(SqliteState::new(db.clone()));
     let effects: Arc<dyn IdempotencyStore> = Arc::new(idempotency.clone());
     // A sink retries like its queue on AWS: after the visibility timeout, dead-lettered after
@@ -237,7 +242,8 @@ pub async fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
         ));
     }
     if let Some(v) = sink_section(Destination::SmsFallback) {
-        let sender = SmsSender::from_config(&v, Some(outbox.clone()), ssm_ref).await?;
+        let sender =
+            crate::sinks::sms::fallback_sender(&v, &senders, Some(outbox.clone()), ssm_ref).await?;
         let sms = SmsFallback::new(Some(state.clone()), sender, metrics.clone(), sink_retry);
         stages.push((
             Destination::SmsFallback,
@@ -258,6 +264,27 @@ pub async fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
             },
         ));
     }
+    // Bot replies: through the sender of the source the contact wrote to.
+    let reply_senders: BTreeMap<String, Arc<crate::sinks::sms::SmsSender>> = config
+        .sources
+        .iter()
+        .filter_map(|(name, s)| Some((name.clone(), senders.get(s.sender.as_ref()?)?.clone())))
+        .collect();
+    let replies_queue = SqliteQueue::new(
+        db.clone(),
+        crate::sinks::reply::QUEUE,
+        visibility,
+        config.queue.max_receive_count,
+    );
+    replies_queue.recover_in_flight().await?;
+    let replies = engine(
+        Arc::new(Deliverer::new(
+            crate::sinks::reply::Replies::new(reply_senders.clone(), metrics.clone(), sink_retry),
+            effects.clone(),
+            metrics.clone(),
+        )),
+        10,
+    );
     let mut sink_queues: BTreeMap<Destination, Arc<dyn Queue>> = BTreeMap::new();
     for (d, _) in &stages {
         sink_queues.insert(*d, Arc::new(local_queue(*d)));
@@ -301,6 +328,20 @@ pub async fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
         ));
     }
     let router = Router::new(routes, sink_queues, metrics.clone()).with_endpoints(endpoints);
+    let followup_rules = crate::followups::rules_from_config(&config.followups, &names)?;
+    let followups = crate::followups::Followups {
+        db: db.clone(),
+        rules: followup_rules.clone(),
+        senders: reply_senders.clone(),
+        metrics: metrics.clone(),
+    };
+    let interrupted = followups.recover().await?;
+    if interrupted > 0 {
+        tracing::warn!(
+            followups = interrupted,
+            "follow-ups interrupted while sending at the last stop are not repeated (state `unknown`)"
+        );
+    }
 
     let listener = TcpListener::bind(&opts.listen)
         .await
@@ -342,7 +383,11 @@ pub async fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
     let mut workers = vec![tokio::spawn(run_worker(
         queue,
         Stage::Batch {
-            processor: Arc::new(event_log::LoggingRouter::new(log, router).with_index(db.clone())),
+            processor: Arc::new(
+                event_log::LoggingRouter::new(log, router)
+                    .with_index(db.clone())
+                    .with_followups(followup_rules),
+            ),
             batch: 64,
         },
         stop_workers_rx.clone(),
@@ -350,6 +395,12 @@ pub async fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
     for (q, stage) in deliverers {
         workers.push(tokio::spawn(run_worker(q, stage, stop_workers_rx.clone())));
     }
+    workers.push(tokio::spawn(followups.run(stop_workers_rx.clone())));
+    workers.push(tokio::spawn(run_worker(
+        replies_queue,
+        replies,
+        stop_workers_rx.clone(),
+    )));
     for (d, stage) in stages {
         workers.push(tokio::spawn(run_worker(
             local_queue(d),

@@ -41,7 +41,7 @@ fn qerr(e: impl std::fmt::Display) -> QueueError {
     QueueError(e.to_string())
 }
 
-fn insert_messages(
+pub(crate) fn insert_messages(
     c: &rusqlite::Connection,
     queue: &str,
     messages: &[OutgoingMessage],

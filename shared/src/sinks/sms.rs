@@ -51,18 +51,36 @@ impl Skip {
     }
 }
 
-/// The SMS to send in place of a failed iMessage.
+/// A text to send to a contact: the SMS in place of a failed iMessage, a bot's reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Fallback {
-    pub handle: String,
+pub struct Text {
+    /// What it is kept under in the local outbox (the original message's handle, the inbound
+    /// event's id).
+    pub key: String,
     pub to: String,
     pub content: String,
     pub media_url: Option<String>,
+    /// The conversation's line (the number the contact wrote to, or was written from).
+    pub line: Option<String>,
+    /// Send from `line` even when the sender has its own number (a reply); otherwise `line` is
+    /// used only when the sender has none (the fallback SMS goes out from the sender's SMS line).
+    pub from_line: bool,
+}
+
+impl Text {
+    /// The number to send from, given the sender's own.
+    fn from<'a>(&'a self, own: Option<&'a String>) -> Option<&'a String> {
+        match (&self.line, own) {
+            (Some(line), _) if self.from_line => Some(line),
+            (_, Some(own)) => Some(own),
+            (line, None) => line.as_ref(),
+        }
+    }
 }
 
 /// The decision table: a failed outbound iMessage, not already downgraded, to a contact who
 /// has not opted out, with content from the event or else from the state.
-pub fn decide(e: &Event, known: Option<&MessageState>) -> Result<Fallback, Skip> {
+pub fn decide(e: &Event, known: Option<&MessageState>) -> Result<Text, Skip> {
     if e.kind != EventKind::MessageStatus || e.status != Some(MessageStatus::Failed) {
         return Err(Skip::NotAFailure);
     }
@@ -90,11 +108,16 @@ pub fn decide(e: &Event, known: Option<&MessageState>) -> Result<Fallback, Skip>
         .filter(|c| !c.is_empty())
         .or_else(|| known.and_then(|m| m.content.clone()))
         .ok_or(Skip::NoContent)?;
-    Ok(Fallback {
-        handle,
+    Ok(Text {
+        key: handle,
         to,
         content,
         media_url: e.media_url.clone(),
+        line: e
+            .line_number
+            .clone()
+            .or_else(|| known.and_then(|m| m.line.clone())),
+        from_line: false,
     })
 }
 
@@ -112,7 +135,7 @@ pub enum SmsSender {
         base_url: String,
         api_key_id: Secret,
         api_secret_key: Secret,
-        from_number: String,
+        from_number: Option<String>,
     },
     Outbox(Outbox),
 }
@@ -125,13 +148,27 @@ impl SmsSender {
         outbox: Option<Outbox>,
         ssm: Option<&dyn SsmReader>,
     ) -> Result<SmsSender, ConfigError> {
-        let mut s = SinkSettings::new("sms_fallback", value)?;
+        SmsSender::from_section("sinks", "sms_fallback", value, outbox, ssm).await
+    }
+
+    /// From `[<kind>.<name>]` (`[senders.<name>]`, `[sinks.sms_fallback]`). A sender's line
+    /// (`from_number`, `from` or `messaging_service_sid`) may be left out under `[senders]`:
+    /// each text then goes out from the line its contact wrote to.
+    pub async fn from_section(
+        kind: &str,
+        name: &str,
+        value: &toml::Value,
+        outbox: Option<Outbox>,
+        ssm: Option<&dyn SsmReader>,
+    ) -> Result<SmsSender, ConfigError> {
+        let line_optional = kind == "senders";
+        let mut s = SinkSettings::section(kind, name, value)?;
         let timeout = Duration::from_secs(s.u64("timeout_secs")?.unwrap_or(15));
         let sender = match s.str("adapter")?.as_deref() {
             Some("twilio") => {
                 let from = s.str("from")?;
                 let messaging_service_sid = s.str("messaging_service_sid")?;
-                if from.is_none() && messaging_service_sid.is_none() {
+                if from.is_none() && messaging_service_sid.is_none() && !line_optional {
                     return Err(s.invalid("set `from` or `messaging_service_sid`"));
                 }
                 SmsSender::Twilio {
@@ -152,7 +189,11 @@ impl SmsSender {
                     .unwrap_or_else(|| DEFAULT_SENDBLUE_URL.into()),
                 api_key_id: s.secret("api_key_id", ssm).await?,
                 api_secret_key: s.secret("api_secret_key", ssm).await?,
-                from_number: s.required("from_number")?,
+                from_number: if line_optional {
+                    s.str("from_number")?
+                } else {
+                    Some(s.required("from_number")?)
+                },
             },
             None | Some("outbox") => match outbox {
                 Some(o) => SmsSender::Outbox(o),
@@ -166,13 +207,14 @@ impl SmsSender {
         Ok(sender)
     }
 
-    /// Sends the SMS; the provider's id of the new message.
-    pub async fn send(&self, f: &Fallback) -> Result<String, SinkError> {
+    /// Sends the text; the provider's id of the new message. `purpose` (`sms_fallback`,
+    /// `reply`) names what it is in the local outbox.
+    pub async fn send(&self, purpose: &str, f: &Text) -> Result<String, SinkError> {
         match self {
             SmsSender::Outbox(o) => {
-                o.record("sms_fallback", &f.handle, &json!({"to": f.to, "body": f.content, "media_url": f.media_url, "original": f.handle}))
+                o.record(purpose, &f.key, &json!({"to": f.to, "from": f.from(None), "body": f.content, "media_url": f.media_url, "original": f.key}))
                     .await?;
-                Ok(format!("outbox:{}", f.handle))
+                Ok(format!("outbox:{}", f.key))
             }
             SmsSender::Twilio {
                 client,
@@ -183,10 +225,15 @@ impl SmsSender {
                 messaging_service_sid,
             } => {
                 let mut form: Vec<(&str, &str)> = vec![("To", &f.to), ("Body", &f.content)];
-                match (messaging_service_sid, from) {
-                    (Some(m), _) => form.push(("MessagingServiceSid", m)),
-                    (None, Some(from)) => form.push(("From", from)),
-                    (None, None) => unreachable!("checked at start"),
+                match (f.from_line, messaging_service_sid, f.from(from.as_ref())) {
+                    (false, Some(m), _) => form.push(("MessagingServiceSid", m)),
+                    (_, _, Some(from)) => form.push(("From", from)),
+                    (true, Some(m), None) => form.push(("MessagingServiceSid", m)),
+                    (_, None, None) => {
+                        return Err(SinkError::definite(
+                            "no line to send from: the sender has no `from` and the event no line",
+                        ))
+                    }
                 }
                 if let Some(m) = &f.media_url {
                     form.push(("MediaUrl", m));
@@ -227,6 +274,11 @@ impl SmsSender {
                 api_secret_key,
                 from_number,
             } => {
+                let Some(from_number) = f.from(from_number.as_ref()) else {
+                    return Err(SinkError::definite(
+                        "no line to send from: the sender has no `from_number` and the event no line",
+                    ));
+                };
                 let mut body =
                     json!({"number": f.to, "from_number": from_number, "content": f.content});
                 if let Some(m) = &f.media_url {
@@ -260,11 +312,57 @@ impl SmsSender {
     }
 }
 
+/// Every `[senders.<name>]`, built, by name.
+pub type Senders = std::collections::BTreeMap<String, Arc<SmsSender>>;
+
+/// Builds every `[senders.<name>]` (locally one without `adapter` writes to the outbox).
+pub async fn senders_from_config(
+    senders: &std::collections::BTreeMap<String, toml::Value>,
+    outbox: Option<Outbox>,
+    ssm: Option<&dyn SsmReader>,
+) -> Result<Senders, ConfigError> {
+    let mut out = Senders::new();
+    for (name, value) in senders {
+        let sender = SmsSender::from_section("senders", name, value, outbox.clone(), ssm).await?;
+        out.insert(name.clone(), Arc::new(sender));
+    }
+    Ok(out)
+}
+
+/// The sms_fallback sink's sender: the one `sender = "<name>"` names, or its inline settings.
+pub async fn fallback_sender(
+    value: &toml::Value,
+    senders: &Senders,
+    outbox: Option<Outbox>,
+    ssm: Option<&dyn SsmReader>,
+) -> Result<Arc<SmsSender>, ConfigError> {
+    let Some(name) = value.get("sender") else {
+        return Ok(Arc::new(SmsSender::from_config(value, outbox, ssm).await?));
+    };
+    let invalid = |m: String| ConfigError::Invalid(format!("[sinks.sms_fallback]: {m}"));
+    let name = name
+        .as_str()
+        .ok_or_else(|| invalid("`sender` must be a string".into()))?;
+    if let Some(other) = value
+        .as_table()
+        .and_then(|t| t.keys().find(|k| k.as_str() != "sender"))
+    {
+        return Err(invalid(format!(
+            "`{other}` is set with `sender`: the sender `{name}` has the adapter's settings"
+        )));
+    }
+    senders.get(name).cloned().ok_or_else(|| {
+        invalid(format!(
+            "sender `{name}` is not defined: add a [senders.{name}] section"
+        ))
+    })
+}
+
 /// The sms-fallback target: decides from the event (and the state, for what a failure event
 /// lacks) whether a fallback SMS is due, claims `effect:sms:<source>:<handle>`, sends it.
 pub struct SmsFallback {
     state: Option<Arc<dyn StateStore>>,
-    sender: SmsSender,
+    sender: Arc<SmsSender>,
     metrics: Arc<dyn Metrics>,
     retry: RetryPolicy,
 }
@@ -274,7 +372,7 @@ impl SmsFallback {
     /// `retry`: the sink's queue's (the visibility timeout, the maximum receives).
     pub fn new(
         state: Option<Arc<dyn StateStore>>,
-        sender: SmsSender,
+        sender: Arc<SmsSender>,
         metrics: Arc<dyn Metrics>,
         retry: RetryPolicy,
     ) -> SmsFallback {
@@ -289,7 +387,7 @@ impl SmsFallback {
 
 #[async_trait]
 impl Target for SmsFallback {
-    type Work = Fallback;
+    type Work = Text;
 
     fn name(&self) -> &str {
         "sms_fallback"
@@ -308,7 +406,7 @@ impl Target for SmsFallback {
         }
     }
 
-    async fn plan(&self, event: &Event) -> Result<Planned<Fallback>, String> {
+    async fn plan(&self, event: &Event) -> Result<Planned<Text>, String> {
         let known = match (&self.state, &event.message_handle) {
             (Some(state), Some(h))
                 if event.content.as_deref().is_none_or(str::is_empty)
@@ -323,15 +421,15 @@ impl Target for SmsFallback {
         };
         Ok(match decide(event, known.as_ref()) {
             Ok(f) => Planned::Effect {
-                key: format!("{}:{}", event.source, f.handle),
+                key: format!("{}:{}", event.source, f.key),
                 work: f,
             },
             Err(skip) => Planned::Skip(skip.as_str()),
         })
     }
 
-    async fn perform(&self, _event: &Event, fallback: &Fallback) -> Outcome {
-        match self.sender.send(fallback).await {
+    async fn perform(&self, _event: &Event, fallback: &Text) -> Outcome {
+        match self.sender.send("sms_fallback", fallback).await {
             Ok(provider_id) => Outcome::Done {
                 status: None,
                 result: Some(provider_id),
@@ -340,9 +438,9 @@ impl Target for SmsFallback {
         }
     }
 
-    fn done(&self, event: &Event, fallback: &Fallback) {
+    fn done(&self, event: &Event, fallback: &Text) {
         self.metrics.incr("sms.sent", 1);
-        tracing::info!(event_id = %event.id, handle = %fallback.handle, "fallback SMS sent");
+        tracing::info!(event_id = %event.id, handle = %fallback.key, "fallback SMS sent");
     }
 
     fn skipped(&self, _event: &Event, reason: &'static str) {
@@ -388,11 +486,13 @@ mod tests {
         let ok = decide(&failed_imessage(), None).unwrap();
         assert_eq!(
             ok,
-            Fallback {
-                handle: "h1".into(),
+            Text {
+                key: "h1".into(),
                 to: "+15550002222".into(),
                 content: "See you at 5".into(),
-                media_url: None
+                media_url: None,
+                line: None,
+                from_line: false,
             }
         );
 

@@ -297,7 +297,7 @@ async function loadChoices() {
   }
   try {
     const { queues } = await api("dlq");
-    const names = queues.map((q) => q.destination || ({ "sms-fallback": "sms_fallback" }[q.queue] || q.queue)).filter((n) => n !== "events");
+    const names = queues.map((q) => q.destination || ({ "sms-fallback": "sms_fallback", replies: "reply" }[q.queue] || q.queue)).filter((n) => n !== "events");
     $("f-destination").append(...names.map((n) => el("option", { value: n }, n)));
   } catch (_) { /* kept */ }
 }
