@@ -564,6 +564,7 @@ async fn stats(data_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
     };
     println!("replies        {}", line(&stats.replies));
     println!("follow-ups     {}", line(&stats.followups));
+    println!("alerts         {}", line(&stats.alerts));
     let pct = |r: Option<f64>| r.map_or("-".to_owned(), |r| format!("{:.1}%", r * 100.0));
     println!("analytics      {} events archived", summary.events);
     println!(

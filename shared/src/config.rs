@@ -109,6 +109,9 @@ pub struct Config {
     /// `[[followups]]`: read but no reply -> follow up (read by the follow-ups module).
     #[serde(default)]
     pub followups: Vec<toml::Value>,
+    /// `[alerts.<name>]`: tell a team channel when messages fail (read by the alerts module).
+    #[serde(default)]
+    pub alerts: BTreeMap<String, toml::Value>,
 }
 
 impl Config {

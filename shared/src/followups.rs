@@ -62,17 +62,7 @@ pub fn rules_from_config(
             .filter(|n| *n > 0)
             .ok_or_else(|| s.invalid("`after_secs` (> 0) is required"))?;
         let content = s.str("content")?.filter(|c| !c.trim().is_empty());
-        let to = match value.get("to") {
-            None => Vec::new(),
-            Some(toml::Value::String(d)) => vec![d.clone()],
-            Some(toml::Value::Array(a)) => a
-                .iter()
-                .map(|d| d.as_str().map(str::to_owned))
-                .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| s.invalid("`to` is a destination name or a list of them"))?,
-            Some(_) => return Err(s.invalid("`to` is a destination name or a list of them")),
-        };
-        s.str("to").ok();
+        let to = s.strings("to")?.unwrap_or_default();
         for d in &to {
             if !destinations.contains(d) {
                 return Err(s.invalid(format!(

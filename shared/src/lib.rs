@@ -7,10 +7,12 @@
 //! - [`routing`] and [`router`]: which sinks an event goes to; [`processing`]: SQS batches with
 //!   partial failures, on Lambda and locally.
 //! - [`analytics`]: the NDJSON archive (S3 / local folder), EMF metrics, rates.
+//! - [`alerts`]: short texts to a team channel when messages fail.
 //! - [`followups`]: read-but-no-reply follow-ups and their durable timers.
 //! - [`local`]: `bluehook dev`, the one-process pipeline on SQLite.
 //! - [`lambda`]: glue for the Lambda functions.
 
+pub mod alerts;
 pub mod analytics;
 pub mod config;
 pub mod delivery;

@@ -175,6 +175,9 @@ pub struct Stats {
     /// Follow-ups: `scheduled` (timers set), `pending`, `sent`, `skipped.<reason>` (`replied`,
     /// `opted_out`, ...), `failed`, `unknown`.
     pub followups: BTreeMap<String, u64>,
+    /// Alerts: `sent`, `suppressed` (occurrences inside `min_interval_secs`, summed into the
+    /// next alert), `failed`.
+    pub alerts: BTreeMap<String, u64>,
     pub queues: BTreeMap<String, QueueStats>,
 }
 
@@ -198,6 +201,10 @@ impl Stats {
             let mut routed = BTreeMap::new();
             let mut skipped = BTreeMap::new();
             let mut replies = BTreeMap::from([("sent".to_owned(), 0)]);
+            let mut alerts: BTreeMap<String, u64> = ["sent", "suppressed", "failed"]
+                .iter()
+                .map(|k| ((*k).to_owned(), 0))
+                .collect();
             for (k, v) in &counters {
                 if let Some(code) = k.strip_prefix(REJECTED_PREFIX) {
                     rejected.insert(code.to_owned(), *v);
@@ -209,6 +216,8 @@ impl Stats {
                     skipped.insert(d.to_owned(), *v);
                 } else if let Some(r) = k.strip_prefix("replies.") {
                     replies.insert(r.to_owned(), *v);
+                } else if let Some(a) = k.strip_prefix("alerts.") {
+                    alerts.insert(a.to_owned(), *v);
                 }
             }
             let mut per_queue = BTreeMap::new();
@@ -236,6 +245,7 @@ impl Stats {
                 dead_lettered: per_queue.values().map(|q| q.dead_lettered).sum(),
                 replies,
                 followups: crate::followups::counts_or_empty(c),
+                alerts,
                 queues: per_queue,
             })
         })

@@ -23,11 +23,23 @@ function send(secret, content) {
   }
 }
 
-const context = await chromium.launchPersistentContext(PROFILE, {
+// Chromium itself now and then dies while starting on a busy machine (SIGSEGV before the first
+// page): that is retried, up to three starts; nothing after the start is.
+async function started(start) {
+  for (let tries = 1; ; tries++) {
+    try {
+      return await start();
+    } catch (e) {
+      if (tries >= 3) throw e;
+      console.log(`chromium did not start (try ${tries}): ${String(e).split("\n")[0]}`);
+    }
+  }
+}
+const context = await started(() => chromium.launchPersistentContext(PROFILE, {
   executablePath: CHROMIUM,
   args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic", "--no-first-run", "--disable-component-update", "--disable-sync"],
   viewport: { width: 1366, height: 800 },
-});
+}));
 context.setDefaultTimeout(TIMEOUT);
 let failed = false;
 try {
@@ -129,10 +141,10 @@ try {
   if (refusedPage.status() !== 401) throw new Error(`without the token: ${refusedPage.status()}`);
   if ((await bare.content()).includes("bluehook inspector</title>")) throw new Error("the page was served without the token");
   await bare.close();
-  const withToken = await chromium.launch({
+  const withToken = await started(() => chromium.launch({
     executablePath: CHROMIUM,
     args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic", "--no-first-run"],
-  });
+  }));
   try {
     const ctx = await withToken.newContext({ extraHTTPHeaders: { Authorization: `Bearer ${TOKEN}` } });
     const guarded = await ctx.newPage();

@@ -329,6 +329,8 @@ pub async fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
     }
     let router = Router::new(routes, sink_queues, metrics.clone()).with_endpoints(endpoints);
     let followup_rules = crate::followups::rules_from_config(&config.followups, &names)?;
+    let alert_rules = crate::alerts::rules_from_config(&config.alerts, ssm_ref).await?;
+    let alerts_from = crate::alerts::start_local(&db).await?;
     let followups = crate::followups::Followups {
         db: db.clone(),
         rules: followup_rules.clone(),
@@ -396,6 +398,13 @@ pub async fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
         workers.push(tokio::spawn(run_worker(q, stage, stop_workers_rx.clone())));
     }
     workers.push(tokio::spawn(followups.run(stop_workers_rx.clone())));
+    workers.push(tokio::spawn(crate::alerts::run_local(
+        db.clone(),
+        alert_rules,
+        alerts_from,
+        metrics.clone(),
+        stop_workers_rx.clone(),
+    )));
     workers.push(tokio::spawn(run_worker(
         replies_queue,
         replies,

@@ -174,6 +174,22 @@ impl<'a> SinkSettings<'a> {
         }
     }
 
+    /// A string or a list of strings (`to = "bot"`, `to = ["bot", "crm"]`).
+    pub fn strings(&mut self, key: &'static str) -> Result<Option<Vec<String>>, ConfigError> {
+        self.used.push(key);
+        let list = match self.table.get(key) {
+            None => return Ok(None),
+            Some(toml::Value::String(one)) => Some(vec![one.clone()]),
+            Some(toml::Value::Array(a)) => a
+                .iter()
+                .map(|v| v.as_str().map(str::to_owned))
+                .collect::<Option<Vec<_>>>(),
+            Some(_) => None,
+        };
+        list.map(Some)
+            .ok_or_else(|| self.invalid(format!("`{key}` is a string or a list of strings")))
+    }
+
     pub fn required(&mut self, key: &'static str) -> Result<String, ConfigError> {
         self.str(key)?
             .ok_or_else(|| self.invalid(format!("`{key}` is required")))

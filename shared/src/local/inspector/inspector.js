@@ -47,7 +47,7 @@ function notice(text, isError) {
   n.className = isError ? "notice error" : "notice";
 }
 
-const state = { selected: null, selectedEvent: null, rows: new Map() };
+const state = { selected: null, selectedEvent: null, live: new Map() };
 
 function filters() {
   return {
@@ -100,15 +100,22 @@ function matches(r, f) {
 async function loadRequests() {
   try {
     const { requests } = await api("requests" + query({ ...filters(), limit: 200 }));
+    // Requests that arrived live while this list was being read stay on top of it.
+    const newest = requests.length ? requests[0].seq : 0;
+    const f = filters();
+    const later = [...state.live.values()].filter((r) => r.seq > newest && !f.destination && !f.q && matches(r, f));
+    later.sort((a, b) => b.seq - a.seq);
     const body = $("requests");
-    body.replaceChildren(...requests.map(requestRow));
-    $("empty").hidden = requests.length > 0;
+    body.replaceChildren(...later.concat(requests).map(requestRow));
+    $("empty").hidden = body.children.length > 0;
   } catch (e) {
     notice("Could not load the requests: " + e.message, true);
   }
 }
 
 function addLive(r) {
+  state.live.set(r.seq, r);
+  if (state.live.size > MAX_ROWS) state.live.delete(state.live.keys().next().value);
   const f = filters();
   if (f.destination || f.q) { debounce("list", loadRequests, 300); return; }
   if (!matches(r, f)) return;

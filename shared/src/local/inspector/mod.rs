@@ -103,6 +103,8 @@ pub struct InspectorParts {
 pub struct Inspector {
     parts: InspectorParts,
     live: broadcast::Sender<Bytes>,
+    /// Requests to record: written in batches by one task, off the answers' path.
+    recorder: mpsc::UnboundedSender<RequestRecord>,
     client: reqwest::Client,
     rates: Mutex<Option<(Instant, Value)>>,
 }
@@ -194,9 +196,12 @@ impl Inspector {
             return None;
         }
         let (live, _) = broadcast::channel(1024);
+        let (recorder, records) = mpsc::unbounded_channel();
+        tokio::spawn(record_batches(parts.db.clone(), records, live.clone()));
         let inspector = Arc::new(Inspector {
             parts,
             live,
+            recorder,
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .redirect(reqwest::redirect::Policy::none())
@@ -214,10 +219,11 @@ impl Inspector {
         path == "/" || path.starts_with("/_bluehook/")
     }
 
-    /// Records an answered webhook request in the ring and shows it on open pages. The write
-    /// rides along with the next group commit; the answer does not wait for it.
+    /// Records an answered webhook request in the ring and shows it on open pages. The answer
+    /// does not wait for the write: requests are written in batches, each riding the next group
+    /// commit.
     pub fn observe(
-        self: &Arc<Self>,
+        &self,
         method: &Method,
         uri: &http::Uri,
         headers: &HeaderMap,
@@ -274,18 +280,7 @@ impl Inspector {
             body_bytes,
             duration_us: took.as_micros() as u64,
         };
-        let me = self.clone();
-        tokio::spawn(async move {
-            match ring::record(&me.parts.db, record).await {
-                Ok(summary) => {
-                    let data = serde_json::to_string(&summary).unwrap_or_default();
-                    let _ = me
-                        .live
-                        .send(Bytes::from(format!("event: request\ndata: {data}\n\n")));
-                }
-                Err(e) => tracing::warn!(error = %e, "the inspector could not record a request"),
-            }
-        });
+        let _ = self.recorder.send(record);
     }
 
     /// Answers a request for a path [`Inspector::claims`].
@@ -838,6 +833,33 @@ impl Inspector {
             HeaderValue::from_static("text/event-stream"),
         );
         r
+    }
+}
+
+/// Writes the requests `observe` hands over, as many as are waiting in one write (up to 512),
+/// then shows them on open pages.
+async fn record_batches(
+    db: Db,
+    mut records: mpsc::UnboundedReceiver<RequestRecord>,
+    live: broadcast::Sender<Bytes>,
+) {
+    while let Some(first) = records.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < 512 {
+            match records.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        match ring::record(&db, batch).await {
+            Ok(summaries) => {
+                for s in summaries {
+                    let data = serde_json::to_string(&s).unwrap_or_default();
+                    let _ = live.send(Bytes::from(format!("event: request\ndata: {data}\n\n")));
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "the inspector could not record requests"),
+        }
     }
 }
 

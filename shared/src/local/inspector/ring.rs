@@ -139,48 +139,54 @@ fn summary_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<RequestSummary> {
     })
 }
 
-/// Stores `rec` and drops what falls out of the ring; returns its summary (with its `seq`).
-pub async fn record(db: &Db, rec: RequestRecord) -> Result<RequestSummary, DbError> {
+/// Stores `records` (in one write) and drops what falls out of the ring; returns their
+/// summaries (with their `seq`).
+pub async fn record(db: &Db, records: Vec<RequestRecord>) -> Result<Vec<RequestSummary>, DbError> {
     db.write(move |c| {
-        let headers = serde_json::to_string(&rec.headers).unwrap_or_else(|_| "[]".into());
-        c.prepare_cached(
+        let mut insert = c.prepare_cached(
             "INSERT INTO inspector_requests(at_ms, method, path, source, status, outcome, code,
                 reason, event_ids, headers, body, body_bytes, duration_us)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-        )?
-        .execute(params![
-            rec.at_ms,
-            rec.method,
-            rec.path,
-            rec.source,
-            rec.status,
-            rec.outcome,
-            rec.code,
-            rec.reason,
-            rec.event_ids.join(","),
-            headers,
-            rec.body,
-            rec.body_bytes as i64,
-            rec.duration_us as i64,
-        ])?;
-        let seq = c.last_insert_rowid();
-        c.prepare_cached("DELETE FROM inspector_requests WHERE seq <= ?1")?
-            .execute([seq - KEEP_REQUESTS])?;
-        let at = chrono::DateTime::from_timestamp_millis(rec.at_ms).unwrap_or_default();
-        Ok(RequestSummary {
-            seq,
-            at: at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            method: rec.method,
-            path: rec.path,
-            source: rec.source,
-            status: rec.status,
-            outcome: rec.outcome.to_owned(),
-            code: rec.code,
-            reason: rec.reason,
-            event_ids: rec.event_ids,
-            body_bytes: rec.body_bytes,
-            duration_ms: rec.duration_us as f64 / 1000.0,
-        })
+        )?;
+        let mut out = Vec::with_capacity(records.len());
+        for rec in records {
+            let headers = serde_json::to_string(&rec.headers).unwrap_or_else(|_| "[]".into());
+            insert.execute(params![
+                rec.at_ms,
+                rec.method,
+                rec.path,
+                rec.source,
+                rec.status,
+                rec.outcome,
+                rec.code,
+                rec.reason,
+                rec.event_ids.join(","),
+                headers,
+                rec.body,
+                rec.body_bytes as i64,
+                rec.duration_us as i64,
+            ])?;
+            let at = chrono::DateTime::from_timestamp_millis(rec.at_ms).unwrap_or_default();
+            out.push(RequestSummary {
+                seq: c.last_insert_rowid(),
+                at: at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                method: rec.method,
+                path: rec.path,
+                source: rec.source,
+                status: rec.status,
+                outcome: rec.outcome.to_owned(),
+                code: rec.code,
+                reason: rec.reason,
+                event_ids: rec.event_ids,
+                body_bytes: rec.body_bytes,
+                duration_ms: rec.duration_us as f64 / 1000.0,
+            });
+        }
+        if let Some(last) = out.last() {
+            c.prepare_cached("DELETE FROM inspector_requests WHERE seq <= ?1")?
+                .execute([last.seq - KEEP_REQUESTS])?;
+        }
+        Ok(out)
     })
     .await
 }
