@@ -296,6 +296,64 @@ pub fn ingress_request(req: lambda_http::Request, max_body_bytes: usize) -> Ingr
     }
 }
 
+/// Answers one API Gateway request; a webhook's answer is also counted as one EMF line
+/// (`Requests` and `WebhookEvents` by `Outcome`: `accepted`, `duplicate`, `ping` or the error code),
+/// which the template's dashboard shows.
+pub async fn serve(
+    ingress: &crate::ingress::Ingress,
+    req: lambda_http::Request,
+) -> lambda_http::Response<lambda_http::Body> {
+    let req = ingress_request(req, ingress.max_body_bytes());
+    let webhook = req.path.starts_with("/webhooks/");
+    let answer = ingress.handle(req).await;
+    if webhook {
+        println!(
+            "{}",
+            answer_metric_line(&answer, chrono::Utc::now().timestamp_millis())
+        );
+    }
+    lambda_response(answer)
+}
+
+/// The outcome a webhook's answer is counted under.
+pub fn outcome(r: &crate::ingress::IngressResponse) -> &'static str {
+    if let Some(code) = r.error_code {
+        return code;
+    }
+    match (
+        r.event_ids.is_empty(),
+        r.body.starts_with("{\"status\":\"accepted\""),
+    ) {
+        (true, _) => "ping",
+        (false, true) => "accepted",
+        (false, false) => "duplicate",
+    }
+}
+
+/// One EMF document counting a webhook answer.
+pub fn answer_metric_line(r: &crate::ingress::IngressResponse, now_ms: i64) -> String {
+    serde_json::json!({
+        "_aws": {
+            "Timestamp": now_ms,
+            "CloudWatchMetrics": [{
+                "Namespace": "bluehook",
+                "Dimensions": [["Outcome"]],
+                "Metrics": [
+                    {"Name": "Requests", "Unit": "Count"},
+                    {"Name": "WebhookEvents", "Unit": "Count"}
+                ]
+            }]
+        },
+        "message": "webhook answered",
+        "Outcome": outcome(r),
+        "status": r.status.as_u16(),
+        "reason": r.reason,
+        "Requests": 1,
+        "WebhookEvents": r.event_ids.len(),
+    })
+    .to_string()
+}
+
 /// The ingress's answer as a lambda_http response.
 pub fn lambda_response(
     r: crate::ingress::IngressResponse,

@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use bluehook::lambda::{ingress_request, lambda_response};
 use lambda_http::{run, service_fn, Error, Request};
 
 // One thread: a function instance handles one invocation at a time, and on 128 MB it has a
@@ -17,10 +16,7 @@ async fn main() -> Result<(), Error> {
     });
     run(service_fn(move |req: Request| {
         let ingress = ingress.clone();
-        async move {
-            let req = ingress_request(req, ingress.max_body_bytes());
-            Ok::<_, Error>(lambda_response(ingress.handle(req).await))
-        }
+        async move { Ok::<_, Error>(bluehook::lambda::serve(&ingress, req).await) }
     }))
     .await
 }
