@@ -452,6 +452,31 @@ async fn events(command: EventsCommand) -> anyhow::Result<()> {
                     );
                 }
             }
+            if !view.media.is_empty() {
+                println!("media");
+                for m in &view.media {
+                    let state = m["state"].as_str().unwrap_or("");
+                    let mut line = format!(
+                        "  #{} {:<12} {}",
+                        m["n"],
+                        state,
+                        m["location"].as_str().unwrap_or("")
+                    );
+                    if let Some(ct) = m["content_type"].as_str() {
+                        line.push_str(&format!("  {ct}"));
+                    }
+                    if let Some(size) = m["size"].as_u64() {
+                        line.push_str(&format!("  {size} B"));
+                    }
+                    if let Some(sha) = m["sha256"].as_str() {
+                        line.push_str(&format!("  sha256 {sha}"));
+                    }
+                    if let Some(detail) = m["detail"].as_str() {
+                        line.push_str(&format!("  ({detail})"));
+                    }
+                    println!("{line}");
+                }
+            }
             println!("json      {}", serde_json::to_string(&view.event)?);
         }
         EventsCommand::List {
@@ -565,6 +590,7 @@ async fn stats(data_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
     println!("replies        {}", line(&stats.replies));
     println!("follow-ups     {}", line(&stats.followups));
     println!("alerts         {}", line(&stats.alerts));
+    println!("media          {}", line(&stats.media));
     let pct = |r: Option<f64>| r.map_or("-".to_owned(), |r| format!("{:.1}%", r * 100.0));
     println!("analytics      {} events archived", summary.events);
     println!(

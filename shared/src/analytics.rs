@@ -27,6 +27,8 @@ pub struct Analytics {
     metrics: Arc<dyn Metrics>,
     /// Print CloudWatch EMF lines (on Lambda).
     emf: bool,
+    /// The media archive, when on: rows of events with attachments carry `media_archive`.
+    media: Option<crate::sinks::media::ArchiveRoot>,
 }
 
 /// `events/dt=YYYY-MM-DD/hour=HH/` of an event (by the time it was received).
@@ -44,7 +46,15 @@ impl Analytics {
             store,
             metrics,
             emf,
+            media: None,
         }
+    }
+
+    /// Rows of events with attachments carry `media_archive`: `[{n, url, content_type, key,
+    /// location}]`, where the media sink archives each (see `sinks::media`).
+    pub fn with_media_archive(mut self, root: Option<crate::sinks::media::ArchiveRoot>) -> Self {
+        self.media = root;
+        self
     }
 }
 
@@ -107,7 +117,14 @@ impl Processor for Analytics {
             let mut hasher = Sha256::new();
             for (id, (_, event)) in rows {
                 hasher.update(id.as_bytes());
-                serde_json::to_writer(&mut body, event).expect("events serialise");
+                match (&self.media, &event.media_url) {
+                    (Some(root), Some(_)) => {
+                        let mut row = serde_json::to_value(event).expect("events serialise");
+                        row["media_archive"] = crate::sinks::media::locations(event, root).into();
+                        serde_json::to_writer(&mut body, &row).expect("rows serialise");
+                    }
+                    _ => serde_json::to_writer(&mut body, event).expect("events serialise"),
+                }
                 body.push(b'\n');
             }
             let key = format!("{prefix}{}.ndjson", &hex::encode(hasher.finalize())[..32]);

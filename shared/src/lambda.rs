@@ -20,6 +20,9 @@ use crate::queue::Queue;
 use crate::router::Router;
 use crate::routing::{Destination, Routes};
 use crate::sinks::crm::{CrmAdapter, CrmSync};
+use crate::sinks::media::{
+    media_auth_from_config, ArchiveRoot, MediaArchive, MediaSettings, S3MediaStore,
+};
 use crate::sinks::sms::SmsFallback;
 use crate::state::dynamodb::DynamoState;
 
@@ -32,6 +35,10 @@ pub const ENV_CRM_QUEUE_URL: &str = "BLUEHOOK_CRM_QUEUE_URL";
 pub const ENV_SMS_FALLBACK_QUEUE_URL: &str = "BLUEHOOK_SMS_FALLBACK_QUEUE_URL";
 pub const ENV_ANALYTICS_QUEUE_URL: &str = "BLUEHOOK_ANALYTICS_QUEUE_URL";
 pub const ENV_ANALYTICS_BUCKET: &str = "BLUEHOOK_ANALYTICS_BUCKET";
+pub const ENV_MEDIA_QUEUE_URL: &str = "BLUEHOOK_MEDIA_QUEUE_URL";
+/// The bucket the media archive writes under `media/` (the archive bucket); crm-sync and
+/// analytics name locations in it.
+pub const ENV_MEDIA_BUCKET: &str = "BLUEHOOK_MEDIA_BUCKET";
 pub const ENV_STATE_TABLE: &str = "BLUEHOOK_STATE_TABLE";
 pub const ENV_S3_PATH_STYLE: &str = "BLUEHOOK_S3_PATH_STYLE";
 /// The deliveries queue (one message per event and destination) and its dead-letter queue.
@@ -46,6 +53,7 @@ pub fn destination_queue_env(d: Destination) -> &'static str {
         Destination::Crm => ENV_CRM_QUEUE_URL,
         Destination::SmsFallback => ENV_SMS_FALLBACK_QUEUE_URL,
         Destination::Analytics => ENV_ANALYTICS_QUEUE_URL,
+        Destination::Media => ENV_MEDIA_QUEUE_URL,
     }
 }
 
@@ -117,20 +125,78 @@ pub async fn router_from_env() -> anyhow::Result<Router> {
     Ok(Router::new(routes, queues, Arc::new(LogMetrics)).with_endpoints(endpoints))
 }
 
-/// Builds the analytics sink from the environment: the archive bucket, EMF metrics on.
+/// An S3 client from `aws`, path-style when `BLUEHOOK_S3_PATH_STYLE` says so (S3-compatible
+/// endpoints without bucket DNS).
+fn s3_client(aws: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
+    let path_style = std::env::var(ENV_S3_PATH_STYLE).is_ok_and(|v| v == "1" || v == "true");
+    aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(aws)
+            .force_path_style(path_style)
+            .build(),
+    )
+}
+
+/// Where the media archive is, when `[sinks.media]` is on and its bucket named.
+fn media_root(config: &Config) -> Option<ArchiveRoot> {
+    let bucket = std::env::var(ENV_MEDIA_BUCKET).ok()?;
+    config
+        .sinks
+        .contains_key(Destination::Media.as_str())
+        .then_some(ArchiveRoot::S3 { bucket })
+}
+
+/// Builds the analytics sink from the environment: the archive bucket, EMF metrics on; rows
+/// name archived attachments when the config (if given) has `[sinks.media]`.
 pub async fn analytics_from_env() -> anyhow::Result<Analytics> {
     let aws = aws_config::load_from_env().await;
     let bucket = required_env(ENV_ANALYTICS_BUCKET)?;
-    // Path-style addressing, for S3-compatible endpoints (AWS_ENDPOINT_URL) without bucket DNS.
-    let path_style = std::env::var(ENV_S3_PATH_STYLE).is_ok_and(|v| v == "1" || v == "true");
-    let s3 = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&aws)
-            .force_path_style(path_style)
-            .build(),
-    );
-    let store = Arc::new(S3Store::new(s3, bucket));
-    Ok(Analytics::new(store, Arc::new(LogMetrics), true))
+    let configured = std::env::var(ENV_CONFIG).is_ok() || std::env::var(ENV_CONFIG_SSM).is_ok();
+    let media = if configured {
+        media_root(&load_config(&aws_sdk_ssm::Client::new(&aws)).await?)
+    } else {
+        None
+    };
+    let store = Arc::new(S3Store::new(s3_client(&aws), bucket));
+    Ok(Analytics::new(store, Arc::new(LogMetrics), true).with_media_archive(media))
 }
+
+/// Builds the media archive from the environment: `[sinks.media]`, the Twilio sources' auth
+/// tokens (for Basic auth), the bucket, effect keys in the idempotency table; run by the
+/// delivery engine on its queue.
+pub async fn media_from_env() -> anyhow::Result<SqsDeliveries<Redrive>> {
+    let aws = aws_config::load_from_env().await;
+    let ssm = aws_sdk_ssm::Client::new(&aws);
+    let config = load_config(&ssm).await?;
+    let empty = toml::Value::Table(toml::Table::new());
+    let section = config
+        .sinks
+        .get(Destination::Media.as_str())
+        .unwrap_or(&empty);
+    let settings = MediaSettings::from_config(section, true)?;
+    let auth = media_auth_from_config(&config, needs_ssm(&config).then_some(&ssm as _)).await?;
+    let store = Arc::new(S3MediaStore::new(
+        s3_client(&aws),
+        required_env(ENV_MEDIA_BUCKET)?,
+    ));
+    let media = MediaArchive::new(
+        store,
+        settings,
+        auth,
+        Arc::new(LogMetrics),
+        sink_retry(Duration::from_secs(MEDIA_VISIBILITY_SECS)),
+    );
+    Ok(SqsDeliveries::sink(Arc::new(Deliverer::new(
+        media,
+        Arc::new(DynamoIdempotency::new(
+            aws_sdk_dynamodb::Client::new(&aws),
+            required_env(ENV_IDEMPOTENCY_TABLE)?,
+        )),
+        Arc::new(LogMetrics),
+    ))))
+}
+
+/// The media queue's visibility timeout in the template (the function's timeout, with room).
+pub const MEDIA_VISIBILITY_SECS: u64 = 960;
 
 /// Reports a failed initialisation to the Lambda runtime API (`/runtime/init/error`), as a
 /// custom runtime should, so that the invocation fails with the reason instead of a bare exit;
@@ -195,7 +261,8 @@ pub async fn crm_sync_from_env() -> anyhow::Result<SqsDeliveries<Redrive>> {
         adapter,
         Arc::new(LogMetrics),
         sink_retry(Duration::from_secs(180)),
-    );
+    )
+    .with_media_archive(media_root(&config));
     Ok(SqsDeliveries::sink(Arc::new(Deliverer::new(
         crm,
         Arc::new(DynamoIdempotency::new(

@@ -178,6 +178,9 @@ pub struct Stats {
     /// Alerts: `sent`, `suppressed` (occurrences inside `min_interval_secs`, summed into the
     /// next alert), `failed`.
     pub alerts: BTreeMap<String, u64>,
+    /// The media archive: files `stored`, `bytes` stored, `too_large`, `expired`,
+    /// `invalid_url`.
+    pub media: BTreeMap<String, u64>,
     pub queues: BTreeMap<String, QueueStats>,
 }
 
@@ -201,6 +204,11 @@ impl Stats {
             let mut routed = BTreeMap::new();
             let mut skipped = BTreeMap::new();
             let mut replies = BTreeMap::from([("sent".to_owned(), 0)]);
+            let mut media: BTreeMap<String, u64> =
+                ["stored", "bytes", "too_large", "expired", "invalid_url"]
+                    .iter()
+                    .map(|k| ((*k).to_owned(), 0))
+                    .collect();
             let mut alerts: BTreeMap<String, u64> = ["sent", "suppressed", "failed"]
                 .iter()
                 .map(|k| ((*k).to_owned(), 0))
@@ -218,6 +226,8 @@ impl Stats {
                     replies.insert(r.to_owned(), *v);
                 } else if let Some(a) = k.strip_prefix("alerts.") {
                     alerts.insert(a.to_owned(), *v);
+                } else if let Some(m) = k.strip_prefix("media.") {
+                    media.insert(m.to_owned(), *v);
                 }
             }
             let mut per_queue = BTreeMap::new();
@@ -246,6 +256,7 @@ impl Stats {
                 replies,
                 followups: crate::followups::counts_or_empty(c),
                 alerts,
+                media,
                 queues: per_queue,
             })
         })

@@ -1,7 +1,8 @@
 //! Routing rules: which destinations (sinks) an event goes to. `[[routes]]` in the config; an
 //! event goes to the union of the destinations of every rule it matches. With no rule at all,
 //! the defaults apply: every event to analytics, message events to the CRM, failed outbound
-//! iMessages to the SMS fallback.
+//! iMessages to the SMS fallback, events with attachments to the media archive. `media` takes
+//! only events with attachments, whatever the rule that names it.
 
 use serde::Deserialize;
 
@@ -14,13 +15,16 @@ pub enum Destination {
     Crm,
     SmsFallback,
     Analytics,
+    /// The media archive: an event goes there only when it has attachments.
+    Media,
 }
 
 impl Destination {
-    pub const ALL: [Destination; 3] = [
+    pub const ALL: [Destination; 4] = [
         Destination::Crm,
         Destination::SmsFallback,
         Destination::Analytics,
+        Destination::Media,
     ];
 
     /// The name used in `to = [...]` and `[sinks.<name>]`.
@@ -29,6 +33,7 @@ impl Destination {
             Destination::Crm => "crm",
             Destination::SmsFallback => "sms_fallback",
             Destination::Analytics => "analytics",
+            Destination::Media => "media",
         }
     }
 
@@ -42,6 +47,7 @@ impl Destination {
             Destination::Crm => "crm",
             Destination::SmsFallback => "sms-fallback",
             Destination::Analytics => "analytics",
+            Destination::Media => "media",
         }
     }
 }
@@ -159,6 +165,10 @@ impl Routes {
                     to: vec![Destination::SmsFallback],
                     ..Rule::default()
                 },
+                Rule {
+                    to: vec![Destination::Media],
+                    ..Rule::default()
+                },
             ],
         }
     }
@@ -191,7 +201,7 @@ impl Routes {
                 } else if destinations.contains(&d) {
                     endpoints.push(d);
                 } else {
-                    let mut known = vec!["crm", "sms_fallback", "analytics"];
+                    let mut known = vec!["crm", "sms_fallback", "analytics", "media"];
                     known.extend(destinations.iter().map(String::as_str));
                     return Err(ConfigError::Invalid(format!(
                         "routes[{i}].to: unknown destination `{d}` (known: {}; a destination of your own needs a [destinations.{d}] section)",
@@ -225,7 +235,8 @@ impl Routes {
             self.rules
                 .iter()
                 .filter(|r| r.matches(e))
-                .flat_map(|r| r.to.iter().copied()),
+                .flat_map(|r| r.to.iter().copied())
+                .filter(|d| *d != Destination::Media || e.media_url.is_some()),
         )
     }
 
@@ -328,6 +339,19 @@ mod tests {
         );
         let typing = event(EventKind::Typing, None, None, None);
         assert_eq!(r.destinations(&typing), vec![Destination::Analytics]);
+        // Attachments: the media archive too, and only then.
+        let mut picture = event(
+            EventKind::MessageReceived,
+            Some(MessageStatus::Received),
+            Some(Service::IMessage),
+            Some(Direction::Inbound),
+        );
+        assert!(!r.destinations(&picture).contains(&Destination::Media));
+        picture.media_url = Some("https://cdn.example/p.jpg".into());
+        assert_eq!(
+            r.destinations(&picture),
+            vec![Destination::Crm, Destination::Analytics, Destination::Media]
+        );
     }
 
     #[test]

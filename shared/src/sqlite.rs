@@ -175,6 +175,23 @@ CREATE TABLE IF NOT EXISTS followup_timers (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS followup_due ON followup_timers(state, due_ms);
 
+-- What became of each attachment of an event ([sinks.media]): stored, too_large, expired,
+-- invalid_url, failed (retried).
+CREATE TABLE IF NOT EXISTS media_files (
+    event_id TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    key TEXT NOT NULL,              -- media/<source>/<yyyy>/<mm>/<event id>-<n>.<ext>
+    state TEXT NOT NULL,
+    content_type TEXT,
+    size INTEGER,
+    sha256 TEXT,
+    status INTEGER,
+    detail TEXT,
+    at_ms INTEGER NOT NULL,
+    PRIMARY KEY (event_id, n)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS media_files_key ON media_files(key);
+
 CREATE TABLE IF NOT EXISTS counters (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod cdn;
 pub mod fake;
 pub mod leaks;
 pub mod proxy;

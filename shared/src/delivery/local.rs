@@ -403,6 +403,9 @@ pub struct EventView {
     /// Per destination: its state (`queued`, `retrying`, `delivered`, `dead_lettered`).
     pub deliveries: BTreeMap<String, String>,
     pub attempts: Vec<AttemptRecord>,
+    /// Routed to `media`: each attachment, where it is archived and what became of it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub media: Vec<serde_json::Value>,
 }
 
 /// One line of `bluehook events list`.
@@ -464,6 +467,8 @@ fn split_routes(routes: String) -> Vec<String> {
 /// The event `id` with its routes and attempts; `None` if no event of that id was routed.
 pub async fn show_event(db: &Db, id: &str) -> Result<Option<EventView>, DbError> {
     let id = id.to_owned();
+    // The data folder: the database's own.
+    let data_dir = db.path().parent().map(std::path::Path::to_owned);
     db.read(move |c| {
         let row = c
             .query_row(
@@ -477,11 +482,20 @@ pub async fn show_event(db: &Db, id: &str) -> Result<Option<EventView>, DbError>
         };
         let routes = split_routes(routes);
         let attempts = attempts_of(c, &id)?;
+        let media = match (
+            routes.iter().any(|r| r == "media"),
+            crate::event::Event::from_json(&event),
+            data_dir.as_deref(),
+        ) {
+            (true, Ok(e), Some(dir)) => crate::sinks::media::local_files(c, &e, dir)?,
+            _ => Vec::new(),
+        };
         Ok(Some(EventView {
             event: serde_json::from_str(&event).unwrap_or(serde_json::Value::Null),
             deliveries: states(&routes, &attempts),
             routes,
             attempts,
+            media,
         }))
     })
     .await

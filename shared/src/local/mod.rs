@@ -192,7 +192,9 @@ pub async fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
         .collect();
     for name in config.sinks.keys() {
         if Destination::parse(name).is_none() {
-            anyhow::bail!("unknown sink `[sinks.{name}]` (known: crm, sms_fallback, analytics)");
+            anyhow::bail!(
+                "unknown sink `[sinks.{name}]` (known: crm, sms_fallback, analytics, media)"
+            );
         }
     }
     let local_queue = |d: Destination| {
@@ -229,9 +231,38 @@ pub async fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
         concurrency,
     };
     let mut stages: Vec<(Destination, Stage)> = Vec::new();
+    // The media archive: attachments under <data-dir>/media/, each file's result in SQLite.
+    let media_root = match sink_section(Destination::Media) {
+        Some(v) => {
+            let settings = crate::sinks::media::MediaSettings::from_config(&v, false)?;
+            let auth = crate::sinks::media::media_auth_from_config(&config, ssm_ref).await?;
+            let store = Arc::new(crate::sinks::media::LocalMediaStore::new(
+                opts.data_dir.clone(),
+                db.clone(),
+            ));
+            let media = crate::sinks::media::MediaArchive::new(
+                store,
+                settings,
+                auth,
+                metrics.clone(),
+                sink_retry,
+            );
+            let root = media.root();
+            stages.push((
+                Destination::Media,
+                engine(
+                    Arc::new(Deliverer::new(media, effects.clone(), metrics.clone())),
+                    4,
+                ),
+            ));
+            Some(root)
+        }
+        None => None,
+    };
     if let Some(v) = sink_section(Destination::Crm) {
         let adapter = CrmAdapter::from_config(&v, Some(outbox.clone()), ssm_ref).await?;
-        let crm = CrmSync::new(state.clone(), adapter, metrics.clone(), sink_retry);
+        let crm = CrmSync::new(state.clone(), adapter, metrics.clone(), sink_retry)
+            .with_media_archive(media_root.clone());
         stages.push((
             Destination::Crm,
             // Locally batches need not stop at SQS's ten: fewer, larger transactions.
@@ -258,7 +289,10 @@ pub async fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
         stages.push((
             Destination::Analytics,
             Stage::Batch {
-                processor: Arc::new(Analytics::new(store, metrics.clone(), false)),
+                processor: Arc::new(
+                    Analytics::new(store, metrics.clone(), false)
+                        .with_media_archive(media_root.clone()),
+                ),
                 // Each archive object is fsynced: write few, large ones.
                 batch: 500,
             },
@@ -296,6 +330,8 @@ pub async fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
     // dedupe by webhook-id); fallback SMS claims are kept: an SMS of unknown outcome is never
     // resent.
     idempotency.release_in_progress("effect:crm:").await?;
+    // A download cut off by the stop is done again (storing a file again changes nothing).
+    idempotency.release_in_progress("effect:media:").await?;
     idempotency
         .release_in_progress("effect:destination:")
         .await?;

@@ -54,6 +54,11 @@ impl<'a> Fields<'a> {
         Fields { scopes }
     }
 
+    /// The objects searched, the top level first.
+    pub fn scopes(&self) -> &[&'a Map<String, Value>] {
+        &self.scopes
+    }
+
     fn value(&self, names: &[&str]) -> Option<&'a Value> {
         self.scopes.iter().find_map(|m| {
             names
@@ -247,7 +252,13 @@ pub fn parse_event(req: &WebhookRequest<'_>, profile: &Profile<'_>) -> Result<Ev
         .or(contact);
     ev.line_number = f.string(&["line", "line_number"]).or(line);
     ev.content = f.string(&["body", "text", "content", "Body"]);
-    ev.media_url = f.string(&["media_url", "mediaUrl", "media"]);
+    ev.media_url = f.string(&["media_url", "mediaUrl", "media"]).or_else(|| {
+        // `media: [url, ...]` or `media: [{url, ...}]`: the first one.
+        crate::sinks::media::media_of_fields(&f)
+            .into_iter()
+            .next()
+            .map(|(url, _)| url)
+    });
     ev.service = f
         .string(&["channel", "service"])
         .and_then(|c| Service::parse(&c))

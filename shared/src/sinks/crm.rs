@@ -12,6 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::json;
 
+use super::media::ArchiveRoot;
 use super::{http_client, Outbox, SinkError, SinkSettings};
 use crate::config::{ConfigError, Secret, SsmReader};
 use crate::delivery::{Outcome, Planned, Policy, RetryPolicy, Target};
@@ -77,12 +78,24 @@ impl CrmAdapter {
         Ok(adapter)
     }
 
-    /// The document pushed for one change.
-    pub fn payload(event: &Event, applied: &Applied) -> serde_json::Value {
+    /// The document pushed for one change. With the media archive on, `message.media` lists
+    /// the event's attachments with their archived locations.
+    pub fn payload(
+        event: &Event,
+        applied: &Applied,
+        media: Option<&ArchiveRoot>,
+    ) -> serde_json::Value {
+        let mut message = serde_json::to_value(&applied.message).expect("serialises");
+        if let (Some(root), Some(m)) = (media, message.as_object_mut()) {
+            let files = super::media::locations(event, root);
+            if !files.is_empty() {
+                m.insert("media".into(), files.into());
+            }
+        }
         json!({
             "type": "bluehook.crm.update",
             "event": event,
-            "message": applied.message,
+            "message": message,
             "conversation": applied.conversation,
         })
     }
@@ -91,19 +104,21 @@ impl CrmAdapter {
         &self,
         event: &Event,
         applied: &Applied,
+        media: Option<&ArchiveRoot>,
     ) -> Result<Option<String>, SinkError> {
         match self {
             CrmAdapter::Outbox(o) => {
                 o.record(
                     "crm",
                     &event.idempotency_key,
-                    &Self::payload(event, applied),
+                    &Self::payload(event, applied, media),
                 )
                 .await?;
                 Ok(None)
             }
             CrmAdapter::Http { client, url, key } => {
-                let body = serde_json::to_vec(&Self::payload(event, applied)).expect("serialises");
+                let body =
+                    serde_json::to_vec(&Self::payload(event, applied, media)).expect("serialises");
                 let ts = chrono::Utc::now().timestamp();
                 let signature = standard_webhooks::sign(key, &event.idempotency_key, ts, &body);
                 let r = client
@@ -245,6 +260,8 @@ pub struct CrmSync {
     adapter: CrmAdapter,
     metrics: Arc<dyn Metrics>,
     retry: RetryPolicy,
+    /// The media archive, when on: pushes name where attachments are archived.
+    media: Option<ArchiveRoot>,
 }
 
 impl CrmSync {
@@ -260,7 +277,14 @@ impl CrmSync {
             adapter,
             metrics,
             retry,
+            media: None,
         }
+    }
+
+    /// Pushes carry `message.media`: the attachments' archived locations under `root`.
+    pub fn with_media_archive(mut self, root: Option<ArchiveRoot>) -> CrmSync {
+        self.media = root;
+        self
     }
 
     /// Delivery latency (sent to delivered), read latency (delivered to read) and response
@@ -339,7 +363,7 @@ impl Target for CrmSync {
     }
 
     async fn perform(&self, event: &Event, applied: &Applied) -> Outcome {
-        match self.adapter.push(event, applied).await {
+        match self.adapter.push(event, applied, self.media.as_ref()).await {
             Ok(result) => Outcome::Done {
                 status: None,
                 result,

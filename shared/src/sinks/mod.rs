@@ -6,6 +6,7 @@
 //! released when the effect certainly did not happen, so an SQS redelivery never repeats it.
 
 pub mod crm;
+pub mod media;
 pub mod reply;
 pub mod sms;
 
