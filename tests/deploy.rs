@@ -405,6 +405,12 @@ async fn the_built_bootstraps_handle_every_fixture_with_the_templates_environmen
     let sinks = config["sinks"].as_table_mut().unwrap();
     sinks["crm"].as_table_mut().unwrap()["url"] = format!("{}/crm", crm.url).into();
     sinks["sms_fallback"].as_table_mut().unwrap()["base_url"] = twilio.url.clone().into();
+    // The media archive on, allowed to fetch from the local fake CDN (on AWS it would not).
+    let cdn = common::cdn::Cdn::start().await;
+    config["sinks"].as_table_mut().unwrap().insert(
+        "media".into(),
+        toml::Value::Table(toml::toml! { allow_private_addresses = true }),
+    );
     config["destinations"].as_table_mut().unwrap()["hook"]
         .as_table_mut()
         .unwrap()["url"] = format!("{}/hooks/fixtures", hook.url).into();
@@ -487,6 +493,38 @@ async fn the_built_bootstraps_handle_every_fixture_with_the_templates_environmen
         }
         common::leaks::record(dir, &api.posted());
     }
+    // Media: an event with two attachments (one over 8 MiB: a multipart upload), archived in
+    // the template's bucket under media/, each once, whatever the redeliveries.
+    let media_event = {
+        let body = serde_json::json!({
+            "media_url": format!("{}/deploy/clip.mp4?size=9000000", cdn.url),
+            "media": [format!("{}/deploy/card?size=321&ct=text/vcard", cdn.url)],
+        });
+        let mut e = bluehook::event::Event::new(
+            "sendblue",
+            "sendblue",
+            bluehook::event::EventKind::MessageReceived,
+            "sendblue:deploy:media".into(),
+            chrono::Utc::now(),
+            body.to_string(),
+        );
+        e.media_url = body["media_url"].as_str().map(str::to_owned);
+        e
+    };
+    let media = start(by_crate("functions/media"), &d, &endpoint, &mut kill).await;
+    for attempt in 1..=2 {
+        let event = serde_json::json!({"Records": [{
+            "messageId": format!("m{attempt}"), "receiptHandle": format!("rm{attempt}"),
+            "body": media_event.to_json(),
+            "attributes": {"ApproximateReceiveCount": attempt.to_string()}, "messageAttributes": {},
+            "eventSource": "aws:sqs", "awsRegion": "us-east-1",
+            "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:media"}]});
+        assert_no_batch_failures(&format!("media #{attempt}"), media.invoke(&event).await);
+    }
+    assert_eq!(cdn.hits("/deploy/clip.mp4"), 1, "downloaded once");
+    assert_eq!(cdn.hits("/deploy/card"), 1, "downloaded once");
+    common::leaks::record("functions/media", &media.posted());
+
     assert!(!crm.requests().is_empty(), "crm-sync pushed nothing");
     assert!(!twilio.requests().is_empty(), "sms-fallback sent no SMS");
     let s3 = aws_sdk_s3::Client::from_conf(
@@ -504,6 +542,27 @@ async fn the_built_bootstraps_handle_every_fixture_with_the_templates_environmen
         objects.key_count().unwrap_or(0) > 0,
         "analytics archived nothing"
     );
+    let month = media_event.received_at.format("%Y/%m");
+    for (n, ext, size) in [(0, "mp4", 9_000_000u64), (1, "vcf", 321)] {
+        let key = format!("media/sendblue/{month}/{}-{n}.{ext}", media_event.id);
+        let got = s3
+            .get_object()
+            .bucket(d.bucket.as_ref().unwrap())
+            .key(&key)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{key}: {}", aws_sdk_s3::error::DisplayErrorContext(e)));
+        assert_eq!(
+            got.metadata().and_then(|m| m.get("sha256")),
+            Some(&common::cdn::sha256_of(size)),
+            "{key}"
+        );
+        let bytes = got.body.collect().await.unwrap().into_bytes();
+        assert_eq!(
+            common::cdn::sha256_hex(&bytes),
+            common::cdn::sha256_of(size)
+        );
+    }
 
     // No secret of the configuration in any function's log (trace level) or answer.
     drop(kill);

@@ -1053,12 +1053,13 @@ mod s3 {
                 .upload_id(self.upload_id.as_deref().unwrap_or_default())
                 .multipart_upload(
                     CompletedMultipartUpload::builder()
-                        .set_parts(Some(std::mem::take(&mut self.parts)))
+                        .set_parts(Some(self.parts.clone()))
                         .build(),
                 )
                 .send()
                 .await
                 .map_err(err)?;
+            tracing::debug!(key = %self.key, parts = self.parts.len(), size, "multipart upload completed");
             // The digest is known only now: copied onto the object in place (server side).
             c.copy_object()
                 .bucket(&bucket)
