@@ -81,8 +81,8 @@ enum Command {
     },
     /// Move dead-lettered messages back to their queue, to be processed again.
     Replay {
-        /// The queue to refill from its dead-letter queue: locally events, crm, sms-fallback or
-        /// analytics; with --aws an SQS queue name or URL (with --destination: the deliveries
+        /// The queue to refill from its dead-letter queue: locally events, crm, sms-fallback,
+        /// analytics, media or replies; with --aws an SQS queue name or URL (with --destination: the deliveries
         /// queue, the `DeliveriesQueueName` output).
         #[arg(long, required_unless_present = "destination")]
         queue: Option<String>,

@@ -213,6 +213,18 @@ async function eventSection(id) {
   } else {
     section.append(el("p", { class: "reason" }, "none yet"));
   }
+  if (ev.media && ev.media.length) {
+    section.append(el("h3", {}, "Media archive"));
+    section.append(el("table", { "data-testid": "media" },
+      el("thead", {}, el("tr", {}, ["#", "state", "type", "bytes", "sha256", "location"].map((h) => el("th", {}, h)))),
+      el("tbody", {}, ev.media.map((m) => el("tr", { "data-testid": "media-file" },
+        el("td", {}, m.n),
+        el("td", { class: m.state === "stored" ? "delivered" : m.state === "failed" ? "retrying" : "" }, m.state),
+        el("td", {}, m.content_type || "–"),
+        el("td", {}, m.size == null ? "–" : m.size),
+        el("td", { class: "mono" }, m.sha256 ? m.sha256.slice(0, 16) + "…" : "–"),
+        el("td", { class: "mono" }, m.location, m.detail ? el("div", { class: "reason" }, m.detail) : null))))));
+  }
   if (ev.requests && ev.requests.length > 1) {
     section.append(el("p", { class: "reason" }, `Received ${ev.requests.length} times (the later ones answered duplicate).`));
   }
