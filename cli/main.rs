@@ -460,7 +460,9 @@ async fn events(command: EventsCommand) -> anyhow::Result<()> {
                         "  #{} {:<12} {}",
                         m["n"],
                         state,
-                        m["location"].as_str().unwrap_or("")
+                        m["location"]
+                            .as_str()
+                            .unwrap_or("(named by its type once downloaded)")
                     );
                     if let Some(ct) = m["content_type"].as_str() {
                         line.push_str(&format!("  {ct}"));

@@ -142,8 +142,8 @@ async fn multipart_upload_byte_for_byte_once_with_its_digest() {
                 && l.contains("\"parts\":3")),
         "no multipart upload of {clip_key} in the log"
     );
-    // The type from the CDN's answer (none here: the URL's), the extension from the URL.
-    let pic_key = format!("media/sb/{month}/{}-1.bin", e.id);
+    // A link without an extension: the extension and the type from the CDN's answer.
+    let pic_key = format!("media/sb/{month}/{}-1.png", e.id);
     let (pic, head) = object(&a, &pic_key).await;
     assert_eq!(sha256_hex(&pic), sha256_of(1234));
     assert_eq!(head.content_type.as_deref(), Some("image/png"));
@@ -161,6 +161,16 @@ async fn multipart_upload_byte_for_byte_once_with_its_digest() {
     assert_eq!(file.sha256.as_deref(), Some(sha256_of(SIZE).as_str()));
     assert_eq!(cdn.hits("/v/clip.mp4"), 1);
     assert!(a.store.stored(&clip_key).await.unwrap().is_some());
+    // The same for the file named by its served type: found by its key's stem.
+    let file = media
+        .target
+        .fetch(&e, &bluehook::sinks::media::media_of(&e)[1])
+        .await;
+    assert_eq!(
+        (file.state, file.key.as_str()),
+        ("stored", pic_key.as_str())
+    );
+    assert_eq!(cdn.hits("/p/pic"), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -152,7 +152,8 @@ secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
     let c = &cdn.url;
 
     // Sendblue: a voice note of a few bytes, 100 MB of video, a contact card trickling in
-    // without a Content-Length, a picture whose link has expired.
+    // without a Content-Length, a link without an extension (named by the type it is served
+    // with), a picture whose link has expired.
     const BIG: u64 = 100_000_000;
     let cases = [
         ("m-voice", format!("{c}/a/voice.caf?size=37"), 37, "caf"),
@@ -162,6 +163,12 @@ secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
             format!("{c}/c/card.vcf?size=300000&chunked=1&delay_ms=15&ct=text/vcard"),
             300_000,
             "vcf",
+        ),
+        (
+            "m-memo",
+            format!("{c}/e/memo?size=4096&ct=audio/x-caf"),
+            4096,
+            "caf",
         ),
     ];
     let mut ids = Vec::new();
@@ -311,9 +318,13 @@ secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
     );
 
     let s = stats(d);
-    assert_eq!(s["media"]["stored"], 5, "{s}");
+    assert_eq!(s["media"]["stored"], 6, "{s}");
     assert_eq!(s["media"]["expired"], 1, "{s}");
-    assert_eq!(s["media"]["bytes"], BIG + 37 + 300_000 + 5000 + 700, "{s}");
+    assert_eq!(
+        s["media"]["bytes"],
+        BIG + 37 + 300_000 + 4096 + 5000 + 700,
+        "{s}"
+    );
 
     // The account's token never reaches the log (nor its Basic encoding).
     drop(dev);

@@ -182,18 +182,11 @@ pub fn ext_of_url(url: &str) -> Option<String> {
     ok.then(|| ext.to_ascii_lowercase())
 }
 
-/// Where attachment `m` of `event` is archived: `media/<source>/<yyyy>/<mm>/<event id>-<n>.<ext>`,
-/// the extension from the declared content type, else the URL, else `bin`.
-pub fn archive_key(event: &Event, m: &MediaRef) -> String {
-    let ext = m
-        .content_type
-        .as_deref()
-        .and_then(ext_of_content_type)
-        .map(str::to_owned)
-        .or_else(|| ext_of_url(&m.url))
-        .unwrap_or_else(|| "bin".to_owned());
+/// Where attachment `m` of `event` is archived, without its extension:
+/// `media/<source>/<yyyy>/<mm>/<event id>-<n>.`
+pub fn key_stem(event: &Event, m: &MediaRef) -> String {
     format!(
-        "{PREFIX}{}/{}/{}-{}.{ext}",
+        "{PREFIX}{}/{}/{}-{}.",
         event.source,
         event.received_at.format("%Y/%m"),
         event.id,
@@ -201,8 +194,27 @@ pub fn archive_key(event: &Event, m: &MediaRef) -> String {
     )
 }
 
+/// The extension the event itself names for `m`: from the declared content type, else the
+/// URL's. `None` when only the file's server can tell (its `Content-Type`).
+pub fn planned_ext(m: &MediaRef) -> Option<String> {
+    m.content_type
+        .as_deref()
+        .and_then(ext_of_content_type)
+        .map(str::to_owned)
+        .or_else(|| ext_of_url(&m.url))
+}
+
+/// Where attachment `m` of `event` is archived: `media/<source>/<yyyy>/<mm>/<event id>-<n>.<ext>`,
+/// when the event names its type (declared, or the URL's extension). Otherwise the extension
+/// comes from the type the file is served with (`bin` if none is known) and the key is known
+/// once it is downloaded.
+pub fn archive_key(event: &Event, m: &MediaRef) -> Option<String> {
+    planned_ext(m).map(|ext| format!("{}{ext}", key_stem(event, m)))
+}
+
 /// The archived locations of an event's attachments, as the CRM push, the analytics row and
-/// `bluehook events show` carry them: `[{n, url, content_type, key, location}]`.
+/// `bluehook events show` carry them: `[{n, url, content_type, key, location}]` (`key` and
+/// `location` null while they depend on the type the file's server answers with).
 pub fn locations(event: &Event, root: &ArchiveRoot) -> Vec<Value> {
     media_of(event)
         .iter()
@@ -212,8 +224,8 @@ pub fn locations(event: &Event, root: &ArchiveRoot) -> Vec<Value> {
                 "n": m.n,
                 "url": m.url,
                 "content_type": m.content_type,
+                "location": key.as_deref().map(|k| root.location(k)),
                 "key": key,
-                "location": root.location(&key),
             })
         })
         .collect()
@@ -269,6 +281,14 @@ pub trait MediaStore: Send + Sync {
     fn root(&self) -> ArchiveRoot;
     /// The file stored under `key` before (by an earlier attempt), if any.
     async fn stored(&self, key: &str) -> Result<Option<StoredFile>, String>;
+    /// The file attachment `n` of `event` was stored as by an earlier attempt, when its key's
+    /// extension came from the type served: any key starting with `stem`.
+    async fn stored_under(
+        &self,
+        event: &Event,
+        n: usize,
+        stem: &str,
+    ) -> Result<Option<(String, StoredFile)>, String>;
     /// Starts writing `key`; nothing is visible under it until [`MediaUpload::finish`].
     async fn create(&self, key: &str, content_type: &str) -> Result<Box<dyn MediaUpload>, String>;
     /// Keeps what became of one file (locally a row `bluehook events show` reads; on AWS the
@@ -512,10 +532,11 @@ impl MediaArchive {
 
     /// Downloads attachment `m` of `event` into the store (or finds it there).
     pub async fn fetch(&self, event: &Event, m: &MediaRef) -> FileResult {
-        let key = archive_key(event, m);
+        let stem = key_stem(event, m);
+        let planned = planned_ext(m);
         let mut result = FileResult {
             n: m.n,
-            key: key.clone(),
+            key: format!("{stem}{}", planned.as_deref().unwrap_or("bin")),
             state: "failed",
             content_type: m.content_type.clone(),
             size: None,
@@ -537,8 +558,17 @@ impl MediaArchive {
             result.detail = Some(why);
             return result;
         }
-        match self.store.stored(&key).await {
-            Ok(Some(f)) => {
+        let found = match &planned {
+            Some(ext) => self
+                .store
+                .stored(&format!("{stem}{ext}"))
+                .await
+                .map(|f| f.map(|f| (format!("{stem}{ext}"), f))),
+            None => self.store.stored_under(event, m.n, &stem).await,
+        };
+        match found {
+            Ok(Some((key, f))) => {
+                result.key = key;
                 result.state = "stored";
                 result.size = Some(f.size);
                 result.sha256 = f.sha256;
@@ -592,6 +622,12 @@ impl MediaArchive {
             .or_else(|| m.content_type.clone())
             .unwrap_or_else(|| "application/octet-stream".into());
         result.content_type = Some(content_type.clone());
+        // Named by the event, else by the type served (a Sendblue link without an extension).
+        let ext = planned
+            .or_else(|| ext_of_content_type(&content_type).map(str::to_owned))
+            .unwrap_or_else(|| "bin".to_owned());
+        let key = format!("{stem}{ext}");
+        result.key = key.clone();
         let mut upload = match self.store.create(&key, &content_type).await {
             Ok(u) => u,
             Err(e) => {
@@ -833,6 +869,33 @@ impl MediaStore for LocalMediaStore {
         }
     }
 
+    async fn stored_under(
+        &self,
+        event: &Event,
+        n: usize,
+        stem: &str,
+    ) -> Result<Option<(String, StoredFile)>, String> {
+        let event_id = event.id.clone();
+        let key: Option<String> = self
+            .db
+            .read(move |c| {
+                use rusqlite::OptionalExtension;
+                c.query_row(
+                    "SELECT key FROM media_files
+                     WHERE event_id = ?1 AND n = ?2 AND state = 'stored'",
+                    rusqlite::params![event_id, n as i64],
+                    |r| r.get(0),
+                )
+                .optional()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        match key.filter(|k| k.starts_with(stem)) {
+            Some(key) => Ok(self.stored(&key).await?.map(|f| (key, f))),
+            None => Ok(None),
+        }
+    }
+
     async fn create(&self, key: &str, _content_type: &str) -> Result<Box<dyn MediaUpload>, String> {
         let path = self.path(key)?;
         let partial_dir = self.data_dir.join(PREFIX).join(".partial");
@@ -889,7 +952,7 @@ pub fn local_files(
     data_dir: &std::path::Path,
 ) -> rusqlite::Result<Vec<Value>> {
     let mut st = c.prepare_cached(
-        "SELECT n, state, content_type, size, sha256, status, detail, at_ms
+        "SELECT n, state, content_type, size, sha256, status, detail, at_ms, key
          FROM media_files WHERE event_id = ?1",
     )?;
     let rows: BTreeMap<i64, Value> = st
@@ -904,6 +967,7 @@ pub fn local_files(
                     "status": r.get::<_, Option<i64>>(5)?,
                     "detail": r.get::<_, Option<String>>(6)?,
                     "at_ms": r.get::<_, i64>(7)?,
+                    "stored_key": r.get::<_, String>(8)?,
                 }),
             ))
         })?
@@ -917,10 +981,20 @@ pub fn local_files(
             match rows.get(&n).and_then(Value::as_object) {
                 Some(row) => {
                     for (k, v) in row {
-                        if k == "content_type" && v.is_null() {
+                        if k == "content_type" && v.is_null() || k == "stored_key" {
                             continue;
                         }
                         obj.insert(k.clone(), v.clone());
+                    }
+                    // A file named by the type it was served with: its key once stored.
+                    if let (Value::Null, Some(key), Some("stored")) = (
+                        &obj["key"],
+                        row["stored_key"].as_str(),
+                        row["state"].as_str(),
+                    ) {
+                        let key = key.to_owned();
+                        obj.insert("location".into(), root.location(&key).into());
+                        obj.insert("key".into(), key.into());
                     }
                 }
                 None => {
@@ -1101,6 +1175,30 @@ mod s3 {
             }
         }
 
+        async fn stored_under(
+            &self,
+            _event: &Event,
+            _n: usize,
+            stem: &str,
+        ) -> Result<Option<(String, StoredFile)>, String> {
+            let listed = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(stem)
+                .max_keys(10)
+                .send()
+                .await
+                .map_err(err)?;
+            for object in listed.contents() {
+                let Some(key) = object.key() else { continue };
+                if let Some(f) = self.stored(key).await? {
+                    return Ok(Some((key.to_owned(), f)));
+                }
+            }
+            Ok(None)
+        }
+
         async fn stored(&self, key: &str) -> Result<Option<StoredFile>, String> {
             match self
                 .client
@@ -1124,7 +1222,11 @@ mod s3 {
                     }))
                 }
                 Err(e) => {
-                    if e.as_service_error().is_some_and(|s| s.is_not_found()) {
+                    // S3 answers 403 rather than 404 for a missing key to a caller that may
+                    // not list the whole bucket: either way, nothing is stored there yet.
+                    let status = e.raw_response().map(|r| r.status().as_u16());
+                    if e.as_service_error().is_some_and(|s| s.is_not_found()) || status == Some(403)
+                    {
                         Ok(None)
                     } else {
                         Err(err(e))
@@ -1183,11 +1285,11 @@ mod tests {
         assert_eq!(m.len(), 2);
         assert_eq!(
             archive_key(&e, &m[0]),
-            format!("media/src/2026/03/{}-0.jpg", e.id)
+            Some(format!("media/src/2026/03/{}-0.jpg", e.id))
         );
         assert_eq!(
             archive_key(&e, &m[1]),
-            format!("media/src/2026/03/{}-1.vcf", e.id)
+            Some(format!("media/src/2026/03/{}-1.vcf", e.id))
         );
     }
 
@@ -1198,18 +1300,20 @@ mod tests {
             r#"{"media_url":"https://cdn.example/a/voice.CAF?sig=1","media":["https://cdn.example/b.jpg",{"url":"https://cdn.example/c","mime_type":"application/pdf"}, "https://cdn.example/a/voice.CAF?sig=1"]}"#,
         );
         let m = media_of(&e);
-        let keys: Vec<String> = m.iter().map(|m| archive_key(&e, m)).collect();
+        let keys: Vec<String> = m.iter().filter_map(|m| archive_key(&e, m)).collect();
         assert_eq!(keys.len(), 3, "{keys:?}");
         assert!(keys[0].ends_with("-0.caf"), "{keys:?}");
         assert!(keys[1].ends_with("-1.jpg"), "{keys:?}");
         assert!(keys[2].ends_with("-2.pdf"), "{keys:?}");
-        // No media: nothing; an extensionless URL: `.bin`.
+        // No media: nothing; an extensionless URL: named by the type served.
         assert!(media_of(&event("generic", r#"{"text":"hi"}"#)).is_empty());
         let e = event(
             "generic",
             r#"{"data":{"media_url":"https://cdn.example/x"}}"#,
         );
-        assert!(archive_key(&e, &media_of(&e)[0]).ends_with("-0.bin"));
+        let m = &media_of(&e)[0];
+        assert_eq!(archive_key(&e, m), None);
+        assert_eq!(key_stem(&e, m), format!("media/src/2026/03/{}-0.", e.id));
     }
 
     #[test]
