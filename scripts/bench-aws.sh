@@ -13,7 +13,7 @@ venv="${BLUEHOOK_VENV:-.venv}"
   echo "run ./scripts/test.sh once first (it installs moto and cargo-lambda into $venv)" >&2; exit 1; }
 export PATH="$(cd "$venv" && pwd)/bin:$PATH"
 
-cargo lambda build --release -p ingress -p router -p crm-sync -p sms-fallback -p analytics -p deliver -p media \
+cargo lambda build --release -p ingress -p router -p crm-sync -p sms-fallback -p analytics -p deliver -p media -p automations \
   --lambda-dir target/lambda
 cargo build --release --quiet --example aws_pipeline
 

@@ -9,7 +9,7 @@ starts="${1:-20}"
 invocations="${2:-2000}"
 if [ -x .venv/bin/cargo-lambda ]; then export PATH="$PWD/.venv/bin:$PATH"; fi
 
-cargo lambda build --release -p ingress -p router -p crm-sync -p sms-fallback -p analytics -p deliver -p media \
+cargo lambda build --release -p ingress -p router -p crm-sync -p sms-fallback -p analytics -p deliver -p media -p automations \
   --lambda-dir target/lambda
 cargo build --release --quiet --example lambda_bench
 echo "machine: $(nproc) cores, $(uname -m), $(uname -r)"

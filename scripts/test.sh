@@ -43,7 +43,7 @@ export PATH="$(cd "$venv" && pwd)/bin:$PATH"
 mkdir -p target
 
 # Every function's deployable bootstrap (x86_64; arm64 too when the target is installed).
-functions=(-p ingress -p router -p crm-sync -p sms-fallback -p analytics -p deliver -p media)
+functions=(-p ingress -p router -p crm-sync -p sms-fallback -p analytics -p deliver -p media -p automations)
 build_bootstraps() {
   cargo lambda build --release "${functions[@]}" --lambda-dir target/lambda
   if rustup target list --installed 2>/dev/null | grep -q '^aarch64-unknown-linux-gnu$'; then

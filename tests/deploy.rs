@@ -308,14 +308,35 @@ async fn deploy_referenced_resources(
                             .unwrap(),
                     );
                 }
+                let key = |k: &serde_yaml::Value| {
+                    aws_sdk_dynamodb::types::KeySchemaElement::builder()
+                        .attribute_name(k["AttributeName"].as_str().unwrap())
+                        .key_type(k["KeyType"].as_str().unwrap().into())
+                        .build()
+                        .unwrap()
+                };
                 for k in p["KeySchema"].as_sequence().unwrap() {
-                    req = req.key_schema(
-                        aws_sdk_dynamodb::types::KeySchemaElement::builder()
-                            .attribute_name(k["AttributeName"].as_str().unwrap())
-                            .key_type(k["KeyType"].as_str().unwrap().into())
-                            .build()
-                            .unwrap(),
-                    );
+                    req = req.key_schema(key(k));
+                }
+                // The template's indexes, as they are (the functions query them by name).
+                for i in p["GlobalSecondaryIndexes"]
+                    .as_sequence()
+                    .into_iter()
+                    .flatten()
+                {
+                    let mut gsi = aws_sdk_dynamodb::types::GlobalSecondaryIndex::builder()
+                        .index_name(i["IndexName"].as_str().unwrap())
+                        .projection(
+                            aws_sdk_dynamodb::types::Projection::builder()
+                                .projection_type(
+                                    i["Projection"]["ProjectionType"].as_str().unwrap().into(),
+                                )
+                                .build(),
+                        );
+                    for k in i["KeySchema"].as_sequence().unwrap() {
+                        gsi = gsi.key_schema(key(k));
+                    }
+                    req = req.global_secondary_indexes(gsi.build().unwrap());
                 }
                 req.send().await.unwrap();
                 physical
@@ -411,6 +432,13 @@ async fn the_built_bootstraps_handle_every_fixture_with_the_templates_environmen
         "media".into(),
         toml::Value::Table(toml::toml! { allow_private_addresses = true }),
     );
+    // A follow-up for every read receipt, due at once: the sweep sends `followup.due` to hook.
+    config.insert(
+        "followups".into(),
+        toml::Value::Array(vec![toml::Value::Table(
+            toml::toml! { name = "nudge" after_secs = 1 to = ["hook"] },
+        )]),
+    );
     config["destinations"].as_table_mut().unwrap()["hook"]
         .as_table_mut()
         .unwrap()["url"] = format!("{}/hooks/fixtures", hook.url).into();
@@ -480,6 +508,44 @@ async fn the_built_bootstraps_handle_every_fixture_with_the_templates_environmen
         assert!(c.headers.contains_key("webhook-signature"));
     }
     common::leaks::record("functions/deliver", &deliver.posted());
+
+    // Automations: the scheduled sweep fires the follow-ups the router set for each read
+    // receipt, once: `followup.due` for hook on the deliveries queue; the next sweep fires none.
+    let automations = start(by_crate("functions/automations"), &d, &endpoint, &mut kill).await;
+    let tick = serde_json::json!({"sweep": "followups"});
+    let read_receipts = sqs_fixtures
+        .values()
+        .map(|e| {
+            bluehook::event::Event::from_json(e["Records"][0]["body"].as_str().unwrap()).unwrap()
+        })
+        .filter(|e| {
+            e.status == Some(bluehook::event::MessageStatus::Read)
+                && e.direction == Some(bluehook::event::Direction::Outbound)
+                && e.message_handle.is_some()
+        })
+        .count() as u64;
+    assert!(read_receipts > 0, "no read receipt among the fixtures");
+    let swept = automations
+        .invoke(&tick)
+        .await
+        .unwrap_or_else(|e| panic!("the sweep failed: {e}"));
+    assert_eq!(swept["fired"], read_receipts, "{swept}");
+    let due = common::drain_queue(&sqs, &d.queue_urls["DeliveriesQueue"]).await;
+    // One per fired timer but those skipped (a contact who wrote after the read, or none).
+    assert!(!due.is_empty(), "{swept}");
+    assert_eq!(
+        Some(due.len() as u64),
+        swept["due_events"].as_u64(),
+        "{swept}"
+    );
+    for body in &due {
+        let m: bluehook::delivery::DeliveryMessage = serde_json::from_str(body).unwrap();
+        assert_eq!(m.destination, "hook");
+        assert_eq!(m.event.kind, bluehook::event::EventKind::FollowupDue);
+    }
+    let again = automations.invoke(&tick).await.unwrap();
+    assert_eq!(again["fired"], 0, "{again}");
+    common::leaks::record("functions/automations", &automations.posted());
 
     // Sinks: every SQS fixture handled without failures.
     for dir in [

@@ -169,7 +169,7 @@ fn reason_to_skip(
 
 /// The `followup.due` event of a timer: the read receipt's conversation, the rule's name as
 /// `provider_event`, its content.
-fn due_event(read: &Event, rule: &Rule, key: &str) -> Event {
+pub fn due_event(read: &Event, rule: &Rule, key: &str) -> Event {
     let mut e = read.clone();
     e.idempotency_key = format!("followup:{key}");
     e.id = event_id(&e.idempotency_key);

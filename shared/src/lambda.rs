@@ -44,6 +44,10 @@ pub const ENV_S3_PATH_STYLE: &str = "BLUEHOOK_S3_PATH_STYLE";
 /// The deliveries queue (one message per event and destination) and its dead-letter queue.
 pub const ENV_DELIVERIES_QUEUE_URL: &str = "BLUEHOOK_DELIVERIES_QUEUE_URL";
 pub const ENV_DELIVERIES_DLQ_URL: &str = "BLUEHOOK_DELIVERIES_DLQ_URL";
+/// The replies queue: bot replies the deliver function queues, the automations function sends.
+pub const ENV_REPLIES_QUEUE_URL: &str = "BLUEHOOK_REPLIES_QUEUE_URL";
+/// The follow-up timers table: the router writes timers, the automations function sweeps them.
+pub const ENV_TIMERS_TABLE: &str = "BLUEHOOK_TIMERS_TABLE";
 /// The template's `MaxReceiveCount`: the sinks' queues' redrive, which their retry policy mirrors.
 pub const ENV_MAX_RECEIVE_COUNT: &str = "BLUEHOOK_MAX_RECEIVE_COUNT";
 
@@ -118,11 +122,27 @@ pub async fn router_from_env() -> anyhow::Result<Router> {
     let mut endpoints: BTreeMap<String, Arc<dyn Queue>> = BTreeMap::new();
     if let Ok(url) = std::env::var(ENV_DELIVERIES_QUEUE_URL) {
         let deliveries: Arc<dyn Queue> = Arc::new(SqsQueue::new(sqs.clone(), url));
-        for name in names {
+        for name in names.iter().cloned() {
             endpoints.insert(name, deliveries.clone());
         }
     }
-    Ok(Router::new(routes, queues, Arc::new(LogMetrics)).with_endpoints(endpoints))
+    // Follow-ups: the router keeps timers and what they look at when they fire.
+    let rules = crate::followups::rules_from_config(&config.followups, &names)?;
+    let observer: Option<Arc<dyn crate::router::Observe>> = if rules.is_empty() {
+        None
+    } else {
+        Some(Arc::new(crate::timers::FollowupObserver {
+            timers: crate::timers::DynamoTimers::new(
+                aws_sdk_dynamodb::Client::new(&aws),
+                required_env(ENV_TIMERS_TABLE)?,
+            ),
+            rules,
+            metrics: Arc::new(LogMetrics),
+        }))
+    };
+    Ok(Router::new(routes, queues, Arc::new(LogMetrics))
+        .with_endpoints(endpoints)
+        .with_observer(observer))
 }
 
 /// An S3 client from `aws`, path-style when `BLUEHOOK_S3_PATH_STYLE` says so (S3-compatible
@@ -325,12 +345,80 @@ pub async fn deliver_from_env() -> anyhow::Result<SqsDeliveries> {
                 as Arc<dyn crate::delivery::Deliver>
         })
         .collect();
+    let sqs = aws_sdk_sqs::Client::new(&aws);
+    let replies = std::env::var(ENV_REPLIES_QUEUE_URL)
+        .ok()
+        .map(|url| Arc::new(SqsQueue::new(sqs.clone(), url)) as Arc<dyn Queue>);
     Ok(SqsDeliveries::new(
         targets,
-        aws_sdk_sqs::Client::new(&aws),
+        sqs,
         required_env(ENV_DELIVERIES_QUEUE_URL)?,
         required_env(ENV_DELIVERIES_DLQ_URL)?,
-    ))
+    )
+    .with_follow_ons(replies))
+}
+
+/// The automations function: bot replies from the replies queue, sent through each source's
+/// sender (effect keys in the idempotency table); and, on its schedule, the follow-up sweep.
+pub struct Automations {
+    pub replies: SqsDeliveries<Redrive>,
+    pub sweeper: crate::timers::Sweeper,
+}
+
+impl Automations {
+    /// One invocation: an SQS batch of replies, or the scheduled sweep (any other event).
+    pub async fn handle(&self, payload: serde_json::Value) -> anyhow::Result<serde_json::Value> {
+        if payload.get("Records").is_some() {
+            let batch: aws_lambda_events::sqs::SqsEvent = serde_json::from_value(payload)?;
+            return Ok(serde_json::to_value(self.replies.handle(batch).await)?);
+        }
+        let now = chrono::Utc::now().timestamp_millis();
+        let swept = self
+            .sweeper
+            .sweep(now)
+            .await
+            .map_err(|e| anyhow::anyhow!("follow-up sweep: {e}"))?;
+        tracing::info!(
+            minutes = swept.minutes, fired = swept.fired, sent = swept.sent,
+            due_events = swept.due_events, not_sent = swept.not_sent,
+            skipped = ?swept.skipped, "follow-ups swept"
+        );
+        Ok(serde_json::to_value(swept)?)
+    }
+}
+
+/// Builds the automations function from the environment.
+pub async fn automations_from_env() -> anyhow::Result<Automations> {
+    let aws = aws_config::load_from_env().await;
+    let ssm = aws_sdk_ssm::Client::new(&aws);
+    let config = load_config(&ssm).await?;
+    let names: Vec<String> = config.destinations.keys().cloned().collect();
+    let senders = crate::sinks::sms::senders_from_config(&config.senders, None, Some(&ssm)).await?;
+    let by_source = crate::sinks::reply::senders_by_source(&config, &senders);
+    let ddb = aws_sdk_dynamodb::Client::new(&aws);
+    let replies = SqsDeliveries::sink(Arc::new(Deliverer::new(
+        crate::sinks::reply::Replies::new(
+            by_source.clone(),
+            Arc::new(LogMetrics),
+            sink_retry(Duration::from_secs(180)),
+        ),
+        Arc::new(DynamoIdempotency::new(
+            ddb.clone(),
+            required_env(ENV_IDEMPOTENCY_TABLE)?,
+        )),
+        Arc::new(LogMetrics),
+    )));
+    let deliveries = std::env::var(ENV_DELIVERIES_QUEUE_URL)
+        .ok()
+        .map(|url| Arc::new(SqsQueue::new(aws_sdk_sqs::Client::new(&aws), url)) as Arc<dyn Queue>);
+    let sweeper = crate::timers::Sweeper {
+        timers: crate::timers::DynamoTimers::new(ddb, required_env(ENV_TIMERS_TABLE)?),
+        rules: crate::followups::rules_from_config(&config.followups, &names)?,
+        senders: by_source,
+        deliveries,
+        metrics: Arc::new(LogMetrics),
+    };
+    Ok(Automations { replies, sweeper })
 }
 
 /// The path as the ingress routes it: API Gateway may put a stage name in front of

@@ -37,6 +37,8 @@ pub mod sinks;
 pub mod sqlite;
 pub mod state;
 pub mod telemetry;
+#[cfg(feature = "lambda")]
+pub mod timers;
 
 pub use event::{Event, EventKind, MessageStatus, Service};
 pub use queue::sqlite::SqliteQueue;

@@ -21,6 +21,14 @@ pub struct Router {
     /// The deliveries queue of each named destination (locally one each, on AWS one shared).
     endpoints: BTreeMap<String, Arc<dyn Queue>>,
     metrics: Arc<dyn Metrics>,
+    /// What must be kept of every event before it is routed (follow-up timers on AWS).
+    observer: Option<Arc<dyn Observe>>,
+}
+
+/// Keeps something of each routed event; an error leaves the event's record to be retried.
+#[async_trait]
+pub trait Observe: Send + Sync {
+    async fn observe(&self, event: &Event) -> Result<(), String>;
 }
 
 impl Router {
@@ -35,6 +43,7 @@ impl Router {
             queues,
             endpoints: BTreeMap::new(),
             metrics,
+            observer: None,
         }
     }
 
@@ -45,7 +54,12 @@ impl Router {
         self
     }
 
-    /// Every sink and destination `e` is routed to.
+    /// Has `observer` see each event before it is routed.
+    pub fn with_observer(mut self, observer: Option<Arc<dyn Observe>>) -> Router {
+        self.observer = observer;
+        self
+    }
+
     /// The sinks and destinations `e` goes to: those its routes name that this router has a
     /// queue for.
     pub fn targets(&self, e: &Event) -> Vec<String> {
@@ -89,7 +103,22 @@ impl Processor for Router {
     }
 
     async fn process(&self, batch: Vec<Record>) -> Vec<String> {
-        let (events, mut failed) = Router::parse_batch(&batch);
+        let (mut events, mut failed) = Router::parse_batch(&batch);
+        if let Some(o) = &self.observer {
+            let seen =
+                futures_util::future::join_all(events.iter().map(|(_, e)| o.observe(e))).await;
+            let mut kept = Vec::with_capacity(events.len());
+            for ((record, event), r) in events.into_iter().zip(seen) {
+                match r {
+                    Ok(()) => kept.push((record, event)),
+                    Err(e) => {
+                        tracing::error!(record = %record.id, event_id = %event.id, error = %e, "event not kept for the automations; retried");
+                        failed.push(record.id.clone());
+                    }
+                }
+            }
+            events = kept;
+        }
         let mut per_destination: BTreeMap<Destination, Vec<(String, OutgoingMessage)>> =
             BTreeMap::new();
         for (record, event) in &events {

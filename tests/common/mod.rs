@@ -122,6 +122,51 @@ pub async fn create_idempotency_table(client: &aws_sdk_dynamodb::Client, name: &
         .expect("create table");
 }
 
+/// Creates a follow-up timers table as the template does: key `pk`, and the sparse index `due`
+/// (`due_bucket`, `due_ms`) over the scheduled timers.
+#[allow(dead_code)]
+pub async fn create_timers_table(client: &aws_sdk_dynamodb::Client, name: &str) {
+    use aws_sdk_dynamodb::types::{GlobalSecondaryIndex, Projection, ProjectionType};
+    let attr = |n: &str, t: ScalarAttributeType| {
+        AttributeDefinition::builder()
+            .attribute_name(n)
+            .attribute_type(t)
+            .build()
+            .unwrap()
+    };
+    let key = |n: &str, k: KeyType| {
+        KeySchemaElement::builder()
+            .attribute_name(n)
+            .key_type(k)
+            .build()
+            .unwrap()
+    };
+    client
+        .create_table()
+        .table_name(name)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(attr("pk", ScalarAttributeType::S))
+        .attribute_definitions(attr("due_bucket", ScalarAttributeType::S))
+        .attribute_definitions(attr("due_ms", ScalarAttributeType::N))
+        .key_schema(key("pk", KeyType::Hash))
+        .global_secondary_indexes(
+            GlobalSecondaryIndex::builder()
+                .index_name(bluehook::timers::DUE_INDEX)
+                .key_schema(key("due_bucket", KeyType::Hash))
+                .key_schema(key("due_ms", KeyType::Range))
+                .projection(
+                    Projection::builder()
+                        .projection_type(ProjectionType::All)
+                        .build(),
+                )
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .expect("create table");
+}
+
 /// Stores `value` as a SecureString parameter `/bluehook/test/<unique name from prefix>`;
 /// answers its name.
 pub async fn put_secure_parameter(ssm: &aws_sdk_ssm::Client, prefix: &str, value: &str) -> String {

@@ -132,6 +132,8 @@ pub struct SqsDeliveries<S: Settle = Backoff> {
     targets: BTreeMap<String, Limited>,
     format: Format,
     settle: S,
+    /// Where what a done effect leads to goes (bot replies: the replies queue).
+    follow_ons: Option<Arc<dyn crate::queue::Queue>>,
 }
 
 impl SqsDeliveries<Backoff> {
@@ -150,6 +152,7 @@ impl SqsDeliveries<Backoff> {
                 queue_url,
                 dlq_url,
             },
+            follow_ons: None,
         }
     }
 }
@@ -161,11 +164,19 @@ impl SqsDeliveries<Redrive> {
             targets: Self::by_name(vec![target]),
             format: Format::Event,
             settle: Redrive,
+            follow_ons: None,
         }
     }
 }
 
 impl<S: Settle> SqsDeliveries<S> {
+    /// Queues what a done effect leads to (a bot's reply) on `queue` before the effect is
+    /// recorded done.
+    pub fn with_follow_ons(mut self, queue: Option<Arc<dyn crate::queue::Queue>>) -> Self {
+        self.follow_ons = queue;
+        self
+    }
+
     fn by_name(targets: Vec<Arc<dyn Deliver>>) -> BTreeMap<String, Limited> {
         targets
             .into_iter()
@@ -207,17 +218,33 @@ impl<S: Settle> SqsDeliveries<S> {
                     if let Some(l) = limiter {
                         l.acquire().await;
                     }
-                    // The effect's key is completed before the message can be deleted.
-                    let a = target.deliver_completed(event, receive_count).await;
+                    let mut a = target.deliver(event, receive_count).await;
                     if let Some(r) = &a.record {
                         println!("{}", attempt_line(r, chrono::Utc::now().timestamp_millis()));
                     }
+                    // What the effect leads to is queued before the effect is recorded done:
+                    // if queuing fails, the effect stays unfinished and the delivery is tried
+                    // again (its reply is sent once all the same: the send has its own key).
                     if let Some(next) = &a.follow_on {
-                        tracing::warn!(
-                            event_id = %event.id,
-                            follow_on = next.route,
-                            "a bot reply was answered; replies are sent by `bluehook dev` only in this version, not on AWS"
-                        );
+                        let queued = match &self.follow_ons {
+                            Some(q) => q
+                                .send(&[crate::queue::OutgoingMessage {
+                                    id: event.id.clone(),
+                                    body: next.body.clone(),
+                                }])
+                                .await
+                                .map_err(|e| e.to_string()),
+                            None => Err(format!("no queue for the {}", next.route)),
+                        };
+                        if let Err(e) = queued {
+                            tracing::error!(event_id = %event.id, follow_on = next.route, error = %e, "not queued; the delivery is retried");
+                            a.completion = None;
+                            a.verdict = Verdict::RetryIn(std::time::Duration::from_secs(30));
+                        }
+                    }
+                    // The effect's key is completed before the message can be deleted.
+                    if let Some(done) = &a.completion {
+                        done.apply(target.effects_store().as_ref()).await;
                     }
                     a.verdict
                 }

@@ -299,11 +299,7 @@ pub async fn run_dev(opts: DevOptions) -> anyhow::Result<()> {
         ));
     }
     // Bot replies: through the sender of the source the contact wrote to.
-    let reply_senders: BTreeMap<String, Arc<crate::sinks::sms::SmsSender>> = config
-        .sources
-        .iter()
-        .filter_map(|(name, s)| Some((name.clone(), senders.get(s.sender.as_ref()?)?.clone())))
-        .collect();
+    let reply_senders = crate::sinks::reply::senders_by_source(&config, &senders);
     let replies_queue = SqliteQueue::new(
         db.clone(),
         crate::sinks::reply::QUEUE,

@@ -57,6 +57,19 @@ pub fn follow_on(inbound: &Event, text: &str) -> FollowOn {
     }
 }
 
+/// The sender of each source that names one (`[sources.<name>] sender`): how its contacts are
+/// answered.
+pub fn senders_by_source(
+    config: &crate::config::Config,
+    senders: &super::sms::Senders,
+) -> std::collections::BTreeMap<String, Arc<SmsSender>> {
+    config
+        .sources
+        .iter()
+        .filter_map(|(name, s)| Some((name.clone(), senders.get(s.sender.as_ref()?)?.clone())))
+        .collect()
+}
+
 /// Sends queued replies through each source's sender.
 pub struct Replies {
     /// The sender of each source that has one.
