@@ -552,6 +552,6 @@ mod tests {
             .unwrap()
             .timestamp_millis();
         assert_eq!(bucket_of(ms), "2026-11-24T10:31");
-        assert_eq!(bucket_of(ms + 1), "2026-11-24T10:32");
+        assert_eq!(bucket_of(ms + 1_000), "2026-11-24T10:32");
     }
 }
