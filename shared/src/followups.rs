@@ -96,12 +96,18 @@ pub struct Timer {
     pub event: String,
 }
 
-/// The timers a read receipt sets: one per rule, for an outbound message that was read.
-pub fn timers_for(rules: &[Rule], e: &Event, json: &str) -> Vec<Timer> {
+/// The handle of the outbound message `e` reports read, if it is such a receipt (what sets
+/// follow-up timers).
+pub fn read_handle(e: &Event) -> Option<&str> {
     let read = e.kind == EventKind::MessageStatus
         && e.status == Some(MessageStatus::Read)
         && e.direction == Some(Direction::Outbound);
-    let Some(handle) = e.message_handle.as_deref().filter(|_| read) else {
+    e.message_handle.as_deref().filter(|_| read)
+}
+
+/// The timers a read receipt sets: one per rule, for an outbound message that was read.
+pub fn timers_for(rules: &[Rule], e: &Event, json: &str) -> Vec<Timer> {
+    let Some(handle) = read_handle(e) else {
         return Vec::new();
     };
     let read_at_ms = e.received_at.timestamp_millis();

@@ -26,7 +26,7 @@ use aws_sdk_dynamodb::Client;
 use chrono::{TimeZone, Utc};
 
 use crate::event::{Direction, Event, EventKind};
-use crate::followups::{due_event, timers_for, Rule, MAX_SEND_ATTEMPTS};
+use crate::followups::{due_event, read_handle, timers_for, Rule, MAX_SEND_ATTEMPTS};
 use crate::metrics::Metrics;
 use crate::queue::{OutgoingMessage, Queue};
 use crate::sinks::sms::{SmsSender, Text};
@@ -44,6 +44,24 @@ type Item = HashMap<String, AttributeValue>;
 
 fn err<E: std::error::Error + 'static, R: std::fmt::Debug>(e: SdkError<E, R>) -> String {
     DisplayErrorContext(e).to_string()
+}
+
+/// Whether a conditional write was applied: `false` when its condition did not hold.
+fn applied<T, E, R>(r: Result<T, SdkError<E, R>>) -> Result<bool, String>
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    match r {
+        Ok(_) => Ok(true),
+        Err(e)
+            if e.as_service_error().and_then(|s| s.code())
+                == Some("ConditionalCheckFailedException") =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(err(e)),
+    }
 }
 
 fn s(v: impl Into<String>) -> AttributeValue {
@@ -99,36 +117,32 @@ impl DynamoTimers {
     }
 
     /// What the router keeps of `e` for the follow-up `rules`: a contact's message (its time),
-    /// an opt-out, and the timers a read receipt sets. Each write may be repeated (a redelivered
-    /// event changes nothing).
+    /// an opt-out, and the timers a read receipt sets; answers how many timers were set. Each
+    /// write may be repeated (a redelivered event changes nothing, and sets no timer again).
     pub async fn observe(&self, rules: &[Rule], e: &Event, now_ms: i64) -> Result<u32, String> {
         if rules.is_empty() {
             return Ok(0);
         }
-        let mut written = 0;
         let expires = n(now_ms / 1000 + KEEP_SECS);
         if let Some(contact) = e.contact_number.as_deref() {
             let key = conversation_key(&e.source, contact);
             if from_contact(e) {
                 let at = e.received_at.timestamp_millis();
-                let r = self
-                    .client
-                    .update_item()
-                    .table_name(&self.table)
-                    .key("pk", s(key.clone()))
-                    .update_expression("SET last_inbound_ms = :t, expires_at = :x")
-                    .condition_expression(
-                        "attribute_not_exists(last_inbound_ms) OR last_inbound_ms < :t",
-                    )
-                    .expression_attribute_values(":t", n(at))
-                    .expression_attribute_values(":x", expires.clone())
-                    .send()
-                    .await;
-                match r {
-                    Ok(_) => written += 1,
-                    Err(e) if conditional_failed(&e) => {}
-                    Err(e) => return Err(err(e)),
-                }
+                // An older message arriving late leaves the time as it is.
+                applied(
+                    self.client
+                        .update_item()
+                        .table_name(&self.table)
+                        .key("pk", s(key.clone()))
+                        .update_expression("SET last_inbound_ms = :t, expires_at = :x")
+                        .condition_expression(
+                            "attribute_not_exists(last_inbound_ms) OR last_inbound_ms < :t",
+                        )
+                        .expression_attribute_values(":t", n(at))
+                        .expression_attribute_values(":x", expires.clone())
+                        .send()
+                        .await,
+                )?;
             }
             if e.opted_out == Some(true) {
                 self.client
@@ -141,20 +155,22 @@ impl DynamoTimers {
                     .send()
                     .await
                     .map_err(err)?;
-                written += 1;
             }
+        }
+        if read_handle(e).is_none() {
+            return Ok(0);
         }
         // The read receipt as the timer keeps it: without its raw body (small items: one write
         // unit each), as the `followup.due` event carries it.
         let mut kept = e.clone();
         kept.raw_body = String::new();
         kept.raw_content_type = None;
-        let timers = timers_for(rules, e, &kept.to_json());
-        for t in timers {
+        let mut set = 0;
+        for t in timers_for(rules, e, &kept.to_json()) {
             // A timer due before this write (the receipt was late) is swept with the current
             // minute.
             let bucket = bucket_of(t.due_ms.max(now_ms));
-            let r = self
+            let put = self
                 .client
                 .put_item()
                 .table_name(&self.table)
@@ -170,13 +186,9 @@ impl DynamoTimers {
                 .condition_expression("attribute_not_exists(pk)")
                 .send()
                 .await;
-            match r {
-                Ok(_) => written += 1,
-                Err(e) if conditional_failed(&e) => {}
-                Err(e) => return Err(err(e)),
-            }
+            set += u32::from(applied(put)?);
         }
-        Ok(written)
+        Ok(set)
     }
 
     /// A timer's item (for tests and `bluehook`'s own checks).
@@ -253,11 +265,7 @@ impl DynamoTimers {
         if let Some(r) = reason {
             u = u.expression_attribute_values(":r", s(r));
         }
-        match u.send().await {
-            Ok(_) => Ok(true),
-            Err(e) if conditional_failed(&e) => Ok(false),
-            Err(e) => Err(err(e)),
-        }
+        applied(u.send().await)
     }
 
     /// What became of a claimed send: `sent`, `unknown`, `failed`, or `scheduled` again at
@@ -288,15 +296,6 @@ impl DynamoTimers {
     }
 }
 
-fn conditional_failed<E, R>(e: &SdkError<E, R>) -> bool
-where
-    E: aws_sdk_dynamodb::error::ProvideErrorMetadata,
-{
-    e.as_service_error()
-        .and_then(|s| s.code())
-        .is_some_and(|c| c == "ConditionalCheckFailedException")
-}
-
 /// The router's side: keeps what the follow-up rules need of each event.
 pub struct FollowupObserver {
     pub timers: DynamoTimers,
@@ -308,10 +307,9 @@ pub struct FollowupObserver {
 impl crate::router::Observe for FollowupObserver {
     async fn observe(&self, event: &Event) -> Result<(), String> {
         let now = Utc::now().timestamp_millis();
-        let before = timers_for(&self.rules, event, "").len();
-        self.timers.observe(&self.rules, event, now).await?;
-        if before > 0 {
-            self.metrics.incr("followups.scheduled", before as u64);
+        let set = self.timers.observe(&self.rules, event, now).await?;
+        if set > 0 {
+            self.metrics.incr("followups.scheduled", u64::from(set));
         }
         Ok(())
     }
@@ -396,14 +394,15 @@ impl Sweeper {
         let read_at_ms = get_n(item, "read_at_ms").unwrap_or(0);
         let rule = get_s(item, "rule").and_then(|r| self.rules.iter().find(|x| x.name == r));
         let event = get_s(item, "event").and_then(|j| Event::from_json(&j).ok());
-        let skip = |reason: &'static str| (reason, "skipped");
         let (Some(rule), Some(event)) = (rule, event) else {
-            return self
-                .skip(&pk, bucket, skip("rule_removed"), now_ms, swept)
-                .await;
+            return self.skip(&pk, bucket, "rule_removed", now_ms, swept).await;
         };
         if let Some(reason) = self.reason_to_skip(&event, read_at_ms).await? {
-            return self.skip(&pk, bucket, skip(reason), now_ms, swept).await;
+            return self.skip(&pk, bucket, reason, now_ms, swept).await;
+        }
+        let sender = self.senders.get(&event.source);
+        if rule.content.is_some() && sender.is_none() && rule.to.is_empty() {
+            return self.skip(&pk, bucket, "no_sender", now_ms, swept).await;
         }
         // The due event first: queued again by a later sweep only if this one dies before its
         // claim, and then delivered once all the same (its id is the timer's).
@@ -426,36 +425,25 @@ impl Sweeper {
                 swept.due_events += messages.len() as u32;
             }
         }
-        let sender = self.senders.get(&event.source);
-        let (state, reason) = match (&rule.content, sender) {
-            (Some(_), Some(_)) => ("sending", None),
-            (Some(_), None) if rule.to.is_empty() => ("skipped", Some("no_sender")),
-            (Some(_), None) => ("sent", Some("no_sender")),
-            (None, _) => ("sent", None),
+        // A text to send is claimed `sending`; otherwise the timer is done with its due events
+        // (`no_sender` noted when a text could not go).
+        let send = rule.content.as_ref().zip(sender);
+        let (state, reason) = match (send, &rule.content) {
+            (Some(_), _) => ("sending", None),
+            (None, Some(_)) => ("sent", Some("no_sender")),
+            (None, None) => ("sent", None),
         };
-        let sending = state == "sending";
         if !self
             .timers
-            .claim(&pk, bucket, state, reason, sending, now_ms)
+            .claim(&pk, bucket, state, reason, send.is_some(), now_ms)
             .await?
         {
             return Ok(());
         }
         swept.fired += 1;
-        match (state, reason) {
-            ("skipped", Some(r)) => {
-                *swept.skipped.entry(r.to_owned()).or_default() += 1;
-                self.metrics.incr(&format!("followups.skipped.{r}"), 1);
-                return Ok(());
-            }
-            ("sent", _) => {
-                swept.sent += 1;
-                self.metrics.incr("followups.sent", 1);
-                return Ok(());
-            }
-            _ => {}
-        }
-        let (Some(content), Some(sender)) = (&rule.content, sender) else {
+        let Some((content, sender)) = send else {
+            swept.sent += 1;
+            self.metrics.incr("followups.sent", 1);
             return Ok(());
         };
         let text = Text {
@@ -497,13 +485,13 @@ impl Sweeper {
         &self,
         pk: &str,
         bucket: &str,
-        (reason, state): (&'static str, &'static str),
+        reason: &'static str,
         now_ms: i64,
         swept: &mut Swept,
     ) -> Result<(), String> {
         if self
             .timers
-            .claim(pk, bucket, state, Some(reason), false, now_ms)
+            .claim(pk, bucket, "skipped", Some(reason), false, now_ms)
             .await?
         {
             swept.fired += 1;
