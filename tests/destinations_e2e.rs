@@ -17,7 +17,7 @@ use bluehook::config::Secret;
 use bluehook::provider::standard_webhooks::StandardWebhooks;
 use bluehook::provider::{Provider, WebhookRequest};
 use common::fake::{Captured, FakeHttp, Reply};
-use common::{stats, DevProcess};
+use common::{cli, stats, DevProcess};
 
 const SB_SECRET: &str = "sb-dest-secret-6f1e0c";
 const SIGNING: &str = "whsec_ZGVzdGluYXRpb25zLWUyZS1zaWduaW5nLWtleQ==";
@@ -49,19 +49,6 @@ fn event_id(answer: &serde_json::Value) -> String {
 }
 
 /// `bluehook <args> --data-dir <dir>`: success and stdout (stderr appended).
-fn cli(dir: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_bluehook"))
-        .args(args)
-        .arg("--data-dir")
-        .arg(dir)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-    )
-}
-
 fn show(dir: &Path, id: &str) -> serde_json::Value {
     let (ok, out) = cli(dir, &["events", "show", id, "--json"]);
     assert!(ok, "{out}");

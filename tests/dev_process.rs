@@ -521,18 +521,10 @@ async fn a_message_that_keeps_failing_is_dead_lettered_and_replay_moves_it_back(
     assert_eq!(s["queues"]["analytics"]["queued"], 0);
 
     let replay = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_bluehook"))
-            .arg("replay")
-            .args(args)
-            .arg("--data-dir")
-            .arg(dir.path())
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr),
-        )
+        let args: Vec<&str> = std::iter::once("replay")
+            .chain(args.iter().copied())
+            .collect();
+        common::cli(dir.path(), &args)
     };
     let (ok, out) = replay(&["--queue", "analytics", "--max", "5"]);
     assert!(ok, "{out}");

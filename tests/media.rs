@@ -431,16 +431,8 @@ max_bytes = 1000000
         events_show(d, &flaky)["deliveries"]["media"],
         "dead_lettered"
     );
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bluehook"))
-        .args(["replay", "--queue", "media", "--data-dir"])
-        .arg(d)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, out) = common::cli(d, &["replay", "--queue", "media"]);
+    assert!(ok, "{out}");
     let m = &settled_media(d, &flaky)[0];
     assert_eq!(m["state"], "stored", "{m}");
     assert_eq!(m["sha256"].as_str().unwrap(), sha256_of(100));

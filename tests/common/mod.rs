@@ -318,6 +318,21 @@ impl Drop for DevProcess {
     }
 }
 
+/// `bluehook <args> --data-dir <data_dir>`: whether it succeeded, and its stdout then stderr.
+#[allow(dead_code)]
+pub fn cli(data_dir: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_bluehook"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
 /// `bluehook <args> --data-dir <data_dir>`, whose output is JSON.
 pub fn cli_json(data_dir: &Path, args: &[&str]) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_bluehook"))
