@@ -955,20 +955,23 @@ pub fn local_files(
         "SELECT n, state, content_type, size, sha256, status, detail, at_ms, key
          FROM media_files WHERE event_id = ?1",
     )?;
-    let rows: BTreeMap<i64, Value> = st
+    // Each attachment's outcome, and the key it was recorded under.
+    let rows: BTreeMap<i64, (Value, String)> = st
         .query_map([&event.id], |r| {
             Ok((
                 r.get::<_, i64>(0)?,
-                serde_json::json!({
-                    "state": r.get::<_, String>(1)?,
-                    "content_type": r.get::<_, Option<String>>(2)?,
-                    "size": r.get::<_, Option<i64>>(3)?,
-                    "sha256": r.get::<_, Option<String>>(4)?,
-                    "status": r.get::<_, Option<i64>>(5)?,
-                    "detail": r.get::<_, Option<String>>(6)?,
-                    "at_ms": r.get::<_, i64>(7)?,
-                    "stored_key": r.get::<_, String>(8)?,
-                }),
+                (
+                    serde_json::json!({
+                        "state": r.get::<_, String>(1)?,
+                        "content_type": r.get::<_, Option<String>>(2)?,
+                        "size": r.get::<_, Option<i64>>(3)?,
+                        "sha256": r.get::<_, Option<String>>(4)?,
+                        "status": r.get::<_, Option<i64>>(5)?,
+                        "detail": r.get::<_, Option<String>>(6)?,
+                        "at_ms": r.get::<_, i64>(7)?,
+                    }),
+                    r.get::<_, String>(8)?,
+                ),
             ))
         })?
         .collect::<rusqlite::Result<_>>()?;
@@ -978,23 +981,18 @@ pub fn local_files(
         .map(|mut loc| {
             let n = loc["n"].as_i64().unwrap_or(-1);
             let obj = loc.as_object_mut().expect("an object");
-            match rows.get(&n).and_then(Value::as_object) {
-                Some(row) => {
-                    for (k, v) in row {
-                        if k == "content_type" && v.is_null() || k == "stored_key" {
+            match rows.get(&n) {
+                Some((row, key)) => {
+                    for (k, v) in row.as_object().into_iter().flatten() {
+                        if k == "content_type" && v.is_null() {
                             continue;
                         }
                         obj.insert(k.clone(), v.clone());
                     }
                     // A file named by the type it was served with: its key once stored.
-                    if let (Value::Null, Some(key), Some("stored")) = (
-                        &obj["key"],
-                        row["stored_key"].as_str(),
-                        row["state"].as_str(),
-                    ) {
-                        let key = key.to_owned();
-                        obj.insert("location".into(), root.location(&key).into());
-                        obj.insert("key".into(), key.into());
+                    if obj["key"].is_null() && row["state"] == "stored" {
+                        obj.insert("location".into(), root.location(key).into());
+                        obj.insert("key".into(), key.clone().into());
                     }
                 }
                 None => {
