@@ -53,6 +53,16 @@ impl RetryPolicy {
             .min(self.max_delay);
         full.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
     }
+
+    /// After failed attempt number `attempt`: dead-lettered once the attempts are used up,
+    /// otherwise retried after [`RetryPolicy::delay_after`].
+    pub fn verdict_after(&self, attempt: u32, retry_after: Option<Duration>) -> Verdict {
+        if attempt >= self.max_attempts {
+            Verdict::DeadLetter
+        } else {
+            Verdict::RetryIn(self.delay_after(attempt, retry_after, rand::random::<f64>()))
+        }
+    }
 }
 
 /// How a target's effects are kept once-only and retried.
@@ -301,12 +311,10 @@ impl<T: Target> Deliverer<T> {
     }
 
     fn retry_or_dead(&self, attempt: u32, retry_after: Option<Duration>) -> Verdict {
-        let retry = self.target.policy().retry;
-        if attempt >= retry.max_attempts {
-            Verdict::DeadLetter
-        } else {
-            Verdict::RetryIn(retry.delay_after(attempt, retry_after, rand::random::<f64>()))
-        }
+        self.target
+            .policy()
+            .retry
+            .verdict_after(attempt, retry_after)
     }
 
     fn observe(&self, a: &AttemptRecord, verdict: Verdict) {

@@ -223,8 +223,9 @@ impl<S: Settle> SqsDeliveries<S> {
                         println!("{}", attempt_line(r, chrono::Utc::now().timestamp_millis()));
                     }
                     // What the effect leads to is queued before the effect is recorded done:
-                    // if queuing fails, the effect stays unfinished and the delivery is tried
-                    // again (its reply is sent once all the same: the send has its own key).
+                    // if queuing fails, the effect stays unfinished and the delivery is retried
+                    // as a failed attempt (its reply is sent once all the same: the send has its
+                    // own key).
                     if let Some(next) = &a.follow_on {
                         let queued = match &self.follow_ons {
                             Some(q) => q
@@ -239,7 +240,7 @@ impl<S: Settle> SqsDeliveries<S> {
                         if let Err(e) = queued {
                             tracing::error!(event_id = %event.id, follow_on = next.route, error = %e, "not queued; the delivery is retried");
                             a.completion = None;
-                            a.verdict = Verdict::RetryIn(std::time::Duration::from_secs(30));
+                            a.verdict = target.policy().retry.verdict_after(receive_count, None);
                         }
                     }
                     // The effect's key is completed before the message can be deleted.
