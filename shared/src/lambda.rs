@@ -205,12 +205,19 @@ pub async fn media_from_env() -> anyhow::Result<SqsDeliveries<Redrive>> {
         Arc::new(LogMetrics),
         sink_retry(Duration::from_secs(MEDIA_VISIBILITY_SECS)),
     );
+    sink_function(media, aws_sdk_dynamodb::Client::new(&aws))
+}
+
+/// A sink function's handler: `target` run by the delivery engine on its own queue, its effect
+/// keys in the idempotency table.
+fn sink_function<T: crate::delivery::Target + 'static>(
+    target: T,
+    ddb: aws_sdk_dynamodb::Client,
+) -> anyhow::Result<SqsDeliveries<Redrive>> {
+    let effects = DynamoIdempotency::new(ddb, required_env(ENV_IDEMPOTENCY_TABLE)?);
     Ok(SqsDeliveries::sink(Arc::new(Deliverer::new(
-        media,
-        Arc::new(DynamoIdempotency::new(
-            aws_sdk_dynamodb::Client::new(&aws),
-            required_env(ENV_IDEMPOTENCY_TABLE)?,
-        )),
+        target,
+        Arc::new(effects),
         Arc::new(LogMetrics),
     ))))
 }
@@ -283,14 +290,7 @@ pub async fn crm_sync_from_env() -> anyhow::Result<SqsDeliveries<Redrive>> {
         sink_retry(Duration::from_secs(180)),
     )
     .with_media_archive(media_root(&config));
-    Ok(SqsDeliveries::sink(Arc::new(Deliverer::new(
-        crm,
-        Arc::new(DynamoIdempotency::new(
-            ddb,
-            required_env(ENV_IDEMPOTENCY_TABLE)?,
-        )),
-        Arc::new(LogMetrics),
-    ))))
+    sink_function(crm, ddb)
 }
 
 /// Builds sms-fallback from the environment: the state table (for content), the idempotency
@@ -317,14 +317,7 @@ pub async fn sms_fallback_from_env() -> anyhow::Result<SqsDeliveries<Redrive>> {
         Arc::new(LogMetrics),
         sink_retry(Duration::from_secs(180)),
     );
-    Ok(SqsDeliveries::sink(Arc::new(Deliverer::new(
-        sms,
-        Arc::new(DynamoIdempotency::new(
-            ddb,
-            required_env(ENV_IDEMPOTENCY_TABLE)?,
-        )),
-        Arc::new(LogMetrics),
-    ))))
+    sink_function(sms, ddb)
 }
 
 /// Builds the deliver function from the environment: every `[destinations.*]` (secrets from
@@ -396,18 +389,14 @@ pub async fn automations_from_env() -> anyhow::Result<Automations> {
     let senders = crate::sinks::sms::senders_from_config(&config.senders, None, Some(&ssm)).await?;
     let by_source = crate::sinks::reply::senders_by_source(&config, &senders);
     let ddb = aws_sdk_dynamodb::Client::new(&aws);
-    let replies = SqsDeliveries::sink(Arc::new(Deliverer::new(
+    let replies = sink_function(
         crate::sinks::reply::Replies::new(
             by_source.clone(),
             Arc::new(LogMetrics),
             sink_retry(Duration::from_secs(180)),
         ),
-        Arc::new(DynamoIdempotency::new(
-            ddb.clone(),
-            required_env(ENV_IDEMPOTENCY_TABLE)?,
-        )),
-        Arc::new(LogMetrics),
-    )));
+        ddb.clone(),
+    )?;
     let deliveries = std::env::var(ENV_DELIVERIES_QUEUE_URL)
         .ok()
         .map(|url| Arc::new(SqsQueue::new(aws_sdk_sqs::Client::new(&aws), url)) as Arc<dyn Queue>);
