@@ -6,11 +6,20 @@
 //! only after the transaction holding its write has committed, so "acked" still means
 //! "durable". Each write runs inside its own savepoint, so one failing write does not undo the
 //! others of its group.
+//!
+//! Writes come in two lanes. A webhook's acknowledgement waits on its write ([`Db::write_ack`]);
+//! everything downstream of it (router, sinks, deliveries, the inspector's records) is
+//! [`Db::write`]. The writer serves waiting ack writes first and bounds how much downstream
+//! work one transaction takes ([`BACKGROUND_SLICE`]), so an ack never waits behind a long
+//! group of the sinks' writes (their pages and the fsync of them), only behind the job running
+//! when it arrived. Downstream writes are never starved: they get every transaction no ack is
+//! waiting for, and a slice of the next one once they have waited [`BACKGROUND_MAX_WAIT`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
+use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 use tokio::sync::oneshot;
@@ -19,7 +28,25 @@ use tokio::sync::oneshot;
 const MAX_GROUP: usize = 1024;
 
 /// How long counters wait for a write to ride along with before they commit on their own.
-const COUNTERS_IDLE_FLUSH: std::time::Duration = std::time::Duration::from_millis(500);
+const COUNTERS_IDLE_FLUSH: Duration = Duration::from_millis(500);
+
+/// How long one transaction keeps taking downstream writes before it commits.
+pub const BACKGROUND_SLICE: Duration = Duration::from_millis(2);
+
+/// How long a downstream write waits for others to share its transaction when no ack is
+/// waiting: a transaction writes each page it touched (the queues' index pages, the counters,
+/// the tables' right edges) once, however many of its writes touched it.
+pub const BACKGROUND_COALESCE: Duration = Duration::from_millis(3);
+
+/// How often the writer checkpoints the WAL into the database file, between transactions and
+/// only while no ack write waits (SQLite's own checkpoint would run inside whichever commit
+/// crossed its threshold, an ack's included); at the latest after [`CHECKPOINT_AT_LATEST`].
+pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(20);
+pub const CHECKPOINT_AT_LATEST: Duration = Duration::from_millis(500);
+
+/// How long a downstream write waits while acks keep the writer busy before it rides along
+/// with them anyway (for at most [`BACKGROUND_SLICE`]).
+pub const BACKGROUND_MAX_WAIT: Duration = Duration::from_millis(20);
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum DbError {
@@ -36,7 +63,22 @@ impl From<rusqlite::Error> for DbError {
 }
 
 type Reply = Box<dyn FnOnce(Result<(), DbError>) + Send>;
-type Job = Box<dyn FnOnce(&Connection) -> Option<Reply> + Send>;
+type Run = Box<dyn FnOnce(&Connection) -> Option<Reply> + Send>;
+
+/// Which lane a write waits in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lane {
+    /// A webhook's answer waits on it.
+    Ack,
+    /// Everything else.
+    Background,
+}
+
+struct Job {
+    lane: Lane,
+    queued: Instant,
+    run: Run,
+}
 
 /// Counter increments not yet written; the writer adds them to the transaction it commits next.
 type PendingCounters = Arc<Mutex<HashMap<String, u64>>>;
@@ -261,19 +303,43 @@ impl Db {
         &self.path
     }
 
-    /// Runs `f` in the next group transaction; answers once that transaction has committed.
+    /// Runs `f` in a coming group transaction; answers once that transaction has committed.
+    /// For everything but a webhook's acknowledgement (see [`Db::write_ack`]).
     pub async fn write<T, F>(&self, f: F) -> Result<T, DbError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
+        self.write_in(Lane::Background, f).await
+    }
+
+    /// [`Db::write`] for the write a webhook's answer waits on: served before every
+    /// downstream write that is waiting.
+    pub async fn write_ack<T, F>(&self, f: F) -> Result<T, DbError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        self.write_in(Lane::Ack, f).await
+    }
+
+    async fn write_in<T, F>(&self, lane: Lane, f: F) -> Result<T, DbError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
         let (tx, rx) = oneshot::channel::<Result<T, DbError>>();
-        let job: Job = Box::new(move |conn| {
+        let run: Run = Box::new(move |conn| {
             let result = in_savepoint(conn, f);
             Some(Box::new(move |committed: Result<(), DbError>| {
                 let _ = tx.send(committed.and(result));
             }))
         });
+        let job = Job {
+            lane,
+            queued: Instant::now(),
+            run,
+        };
         self.jobs.send(job).map_err(|_| DbError::Closed)?;
         rx.await.map_err(|_| DbError::Closed)?
     }
@@ -335,56 +401,217 @@ fn write_counters(conn: &Connection, pending: &PendingCounters) -> rusqlite::Res
     Ok(())
 }
 
+/// The jobs taken off the channel and not yet run, by lane.
+#[derive(Default)]
+struct Waiting {
+    ack: VecDeque<Job>,
+    background: VecDeque<Job>,
+}
+
+impl Waiting {
+    fn push(&mut self, job: Job) {
+        match job.lane {
+            Lane::Ack => self.ack.push_back(job),
+            Lane::Background => self.background.push_back(job),
+        }
+    }
+
+    /// Takes every job already sent. False once every sender is gone and nothing is left.
+    fn drain(&mut self, rx: &mpsc::Receiver<Job>) -> bool {
+        loop {
+            match rx.try_recv() {
+                Ok(job) => self.push(job),
+                Err(mpsc::TryRecvError::Empty) => return true,
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    return !(self.ack.is_empty() && self.background.is_empty())
+                }
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ack.is_empty() && self.background.is_empty()
+    }
+}
+
+fn flush_counters_alone(conn: &Connection, counters: &PendingCounters) {
+    if counters.lock().unwrap().is_empty() {
+        return;
+    }
+    let flushed = conn
+        .execute_batch("BEGIN IMMEDIATE")
+        .and_then(|_| write_counters(conn, counters))
+        .and_then(|_| conn.execute_batch("COMMIT"));
+    if let Err(e) = flushed {
+        tracing::warn!(error = %e, "counters not written");
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+}
+
 fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>, counters: PendingCounters) {
     let mut replies: Vec<Reply> = Vec::with_capacity(MAX_GROUP);
-    // Blocks for the first job of a group, then takes whatever else is already waiting. With no
-    // job for a while, counters still pending are committed on their own.
+    let mut waiting = Waiting::default();
+    let mut checkpoint = Checkpoints::new(&conn);
     loop {
-        let first = match rx.recv_timeout(COUNTERS_IDLE_FLUSH) {
-            Ok(job) => job,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                if !counters.lock().unwrap().is_empty() {
-                    let flushed = conn
-                        .execute_batch("BEGIN IMMEDIATE")
-                        .and_then(|_| write_counters(&conn, &counters))
-                        .and_then(|_| conn.execute_batch("COMMIT"));
-                    if let Err(e) = flushed {
-                        tracing::warn!(error = %e, "counters not written");
-                        let _ = conn.execute_batch("ROLLBACK");
+        if !waiting.drain(&rx) {
+            break;
+        }
+        if waiting.is_empty() {
+            // Idle: block for the next job. With none for a while, counters still pending are
+            // committed on their own.
+            match rx.recv_timeout(COUNTERS_IDLE_FLUSH) {
+                Ok(job) => waiting.push(job),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    flush_counters_alone(&conn, &counters);
+                    checkpoint.run(&conn);
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+            waiting.drain(&rx);
+        }
+        if waiting.ack.is_empty() {
+            if let Some(oldest) = waiting.background.front().map(|job| job.queued) {
+                if let Some(left) = BACKGROUND_COALESCE.checked_sub(oldest.elapsed()) {
+                    // Let downstream writes gather; an ack write ends the wait.
+                    if let Ok(job) = rx.recv_timeout(left) {
+                        waiting.push(job);
+                    }
+                    if waiting.ack.is_empty() && oldest.elapsed() < BACKGROUND_COALESCE {
+                        continue;
                     }
                 }
-                continue;
             }
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-        };
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-            tracing::error!(error = %e, "cannot begin a transaction");
-            // The job cannot run: answer it with the error by running nothing.
-            drop(first);
-            continue;
         }
-        let mut next = Some(first);
-        let mut taken = 0;
-        while let Some(job) = next.take() {
-            replies.extend(job(&conn));
+        run_group(&conn, &rx, &mut waiting, &counters, &mut replies);
+        checkpoint.written = true;
+        waiting.drain(&rx);
+        if checkpoint.due(waiting.ack.is_empty()) {
+            checkpoint.run(&conn);
+        }
+    }
+}
+
+/// The writer's own WAL checkpoints (SQLite's automatic ones are off on its connection).
+struct Checkpoints {
+    last: Instant,
+    written: bool,
+}
+
+impl Checkpoints {
+    fn new(conn: &Connection) -> Checkpoints {
+        if let Err(e) = conn.pragma_update(None, "wal_autocheckpoint", 0) {
+            tracing::warn!(error = %e, "automatic checkpoints left on");
+        }
+        Checkpoints {
+            last: Instant::now(),
+            written: false,
+        }
+    }
+
+    fn due(&self, no_ack_waiting: bool) -> bool {
+        let since = self.last.elapsed();
+        self.written
+            && ((no_ack_waiting && since >= CHECKPOINT_EVERY) || since >= CHECKPOINT_AT_LATEST)
+    }
+
+    fn run(&mut self, conn: &Connection) {
+        if !self.written {
+            return;
+        }
+        let started = Instant::now();
+        match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+        }) {
+            Ok((log, done)) => tracing::trace!(
+                log,
+                done,
+                micros = started.elapsed().as_micros() as u64,
+                "checkpoint"
+            ),
+            Err(e) => tracing::warn!(error = %e, "checkpoint failed"),
+        }
+        self.last = Instant::now();
+        self.written = false;
+    }
+}
+
+/// One transaction: every waiting ack write, then downstream writes for at most
+/// [`BACKGROUND_SLICE`] (none while acks are waiting, unless the oldest downstream write has
+/// waited [`BACKGROUND_MAX_WAIT`]); an ack write arriving meanwhile joins and closes the group.
+fn run_group(
+    conn: &Connection,
+    rx: &mpsc::Receiver<Job>,
+    waiting: &mut Waiting,
+    counters: &PendingCounters,
+    replies: &mut Vec<Reply>,
+) {
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        tracing::error!(error = %e, "cannot begin a transaction");
+        // The jobs cannot run: their callers get the error by dropping them unanswered.
+        waiting.ack.clear();
+        waiting.background.clear();
+        return;
+    }
+    let started = Instant::now();
+    let mut taken = 0;
+    let had_acks = !waiting.ack.is_empty();
+    while let Some(job) = waiting.ack.pop_front() {
+        replies.extend((job.run)(conn));
+        taken += 1;
+        if taken >= MAX_GROUP {
+            break;
+        }
+        if waiting.ack.is_empty() {
+            waiting.drain(rx);
+        }
+    }
+    let background_due = waiting
+        .background
+        .front()
+        .is_some_and(|job| job.queued.elapsed() >= BACKGROUND_MAX_WAIT);
+    if !had_acks || background_due {
+        let slice_start = Instant::now();
+        while taken < MAX_GROUP && slice_start.elapsed() < BACKGROUND_SLICE {
+            let Some(job) = waiting.background.pop_front() else {
+                break;
+            };
+            replies.extend((job.run)(conn));
             taken += 1;
-            if taken < MAX_GROUP {
-                next = rx.try_recv().ok();
+            waiting.drain(rx);
+            if !waiting.ack.is_empty() {
+                // An ack arrived: it joins this transaction, which then commits.
+                while taken < MAX_GROUP {
+                    let Some(job) = waiting.ack.pop_front() else {
+                        break;
+                    };
+                    replies.extend((job.run)(conn));
+                    taken += 1;
+                }
+                break;
+            }
+            if waiting.background.is_empty() {
+                waiting.drain(rx);
             }
         }
-        if let Err(e) = write_counters(&conn, &counters) {
-            tracing::warn!(error = %e, "counters not written");
-        }
-        let committed = conn
-            .execute_batch("COMMIT")
-            .map_err(DbError::from)
-            .inspect_err(|e| {
-                tracing::error!(error = %e, "commit failed");
-                let _ = conn.execute_batch("ROLLBACK");
-            });
-        for reply in replies.drain(..) {
-            reply(committed.clone());
-        }
+    }
+    if let Err(e) = write_counters(conn, counters) {
+        tracing::warn!(error = %e, "counters not written");
+    }
+    let committed = conn
+        .execute_batch("COMMIT")
+        .map_err(DbError::from)
+        .inspect_err(|e| {
+            tracing::error!(error = %e, "commit failed");
+            let _ = conn.execute_batch("ROLLBACK");
+        });
+    tracing::trace!(
+        jobs = taken,
+        micros = started.elapsed().as_micros() as u64,
+        "committed"
+    );
+    for reply in replies.drain(..) {
+        reply(committed.clone());
     }
 }
 
@@ -429,5 +656,42 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(n, 199);
+    }
+
+    /// An ack write does not wait for the downstream writes queued before it.
+    #[tokio::test]
+    async fn ack_writes_go_before_waiting_background_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.db")).unwrap();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut handles = Vec::new();
+        for i in 0..100 {
+            let (db, order) = (db.clone(), order.clone());
+            handles.push(tokio::spawn(async move {
+                db.write(move |_| {
+                    // A slow downstream write: 100 of them take half a second.
+                    std::thread::sleep(Duration::from_millis(5));
+                    Ok(())
+                })
+                .await
+                .unwrap();
+                order.lock().unwrap().push(format!("background {i}"));
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        db.write_ack(|c| c.execute("INSERT INTO counters(name, value) VALUES ('ack', 1)", []))
+            .await
+            .unwrap();
+        order.lock().unwrap().push("ack".into());
+        for h in handles {
+            h.await.unwrap();
+        }
+        let order = order.lock().unwrap();
+        let ack_at = order.iter().position(|o| o == "ack").unwrap();
+        assert!(
+            ack_at < 20,
+            "the ack committed after {ack_at} of the 100 downstream writes queued before it"
+        );
+        assert_eq!(order.len(), 101, "every write committed");
     }
 }

@@ -73,7 +73,7 @@ impl AtomicAccept for SqliteQueue {
         let token = ClaimToken::random();
         let held = self
             .db
-            .write(move |c| {
+            .write_ack(move |c| {
                 let held = claim_in(c, &key, &token.0, &message.id, "completed", times)?;
                 if let Held::Nobody = held {
                     insert_messages(c, &name, std::slice::from_ref(&message))?;
