@@ -1,6 +1,8 @@
 //! Conversation state in DynamoDB (the state table, key `pk`): messages as `msg#<source>#<handle>`,
 //! conversations as `conv#<line>#<contact>`. A status moves only through a conditional
-//! `UpdateItem` on its rank; each conversation time moves only forward, by condition too.
+//! `UpdateItem` on its rank; each conversation time moves only forward, by condition too: one
+//! conditional `UpdateItem` for the whole conversation when the event is in order, one per
+//! time when it is not.
 
 use std::collections::HashMap;
 
@@ -205,6 +207,82 @@ impl DynamoState {
         }
     }
 
+    /// The conversation times `u` moves, each with the handle field set beside it.
+    fn conversation_moves(u: &Update<'_>) -> Vec<(&'static str, Option<&'static str>)> {
+        let mut moves = vec![if u.inbound {
+            ("last_inbound_at", Some("last_inbound_handle"))
+        } else {
+            ("last_outbound_at", Some("last_outbound_handle"))
+        }];
+        if matches!(
+            u.status,
+            Some(MessageStatus::Delivered | MessageStatus::Read)
+        ) {
+            moves.push(("last_delivered_at", None));
+        }
+        if u.status == Some(MessageStatus::Read) {
+            moves.push(("last_read_at", None));
+        }
+        moves
+    }
+
+    /// Every field of the conversation in one conditional `UpdateItem`, when each time this
+    /// event moves is not earlier than the stored one (events in order: the usual case). `None` when
+    /// one of them is not: the caller then moves each time on its own.
+    async fn apply_conversation_at_once(
+        &self,
+        u: &Update<'_>,
+        pk: &str,
+        line: &str,
+        contact: &str,
+    ) -> Result<Option<Item>, StoreError> {
+        let mut sets = vec!["line = :line".to_owned(), "contact = :contact".to_owned()];
+        let mut conditions = Vec::new();
+        let mut req = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(pk))
+            .expression_attribute_values(":line", s(line))
+            .expression_attribute_values(":contact", s(contact))
+            .expression_attribute_values(":at", n(u.at.timestamp_millis()))
+            .return_values(ReturnValue::AllNew);
+        for (field, handle_field) in Self::conversation_moves(u) {
+            sets.push(format!("{field} = :at"));
+            // `<=`: a redelivered event (same times) takes this path too, changing nothing.
+            conditions.push(format!("(attribute_not_exists({field}) OR {field} <= :at)"));
+            if let Some(hf) = handle_field {
+                sets.push(format!("{hf} = :h"));
+                req = req.expression_attribute_values(":h", s(u.handle.unwrap_or("")));
+            }
+        }
+        if let Some(o) = u.opted_out {
+            sets.push("opted_out = :o".into());
+            req = req.expression_attribute_values(":o", AttributeValue::Bool(o));
+        }
+        if let Some(svc) = u.service {
+            sets.push("service = :svc".into());
+            req = req.expression_attribute_values(":svc", s(&word(&svc)));
+        }
+        match req
+            .update_expression(format!("SET {}", sets.join(", ")))
+            .condition_expression(conditions.join(" AND "))
+            .send()
+            .await
+        {
+            Ok(out) => Ok(Some(out.attributes.unwrap_or_default())),
+            Err(SdkError::ServiceError(se))
+                if matches!(
+                    se.err(),
+                    UpdateItemError::ConditionalCheckFailedException(_)
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(err(e)),
+        }
+    }
+
     async fn apply_conversation(
         &self,
         u: &Update<'_>,
@@ -212,41 +290,55 @@ impl DynamoState {
         contact: &str,
     ) -> Result<Conversation, StoreError> {
         let pk = format!("conv#{line}#{contact}");
+        let item = match self
+            .apply_conversation_at_once(u, &pk, line, contact)
+            .await?
+        {
+            Some(item) => item,
+            None => {
+                self.apply_conversation_by_field(u, &pk, line, contact)
+                    .await?
+            }
+        };
+        Ok(Conversation {
+            line: line.to_owned(),
+            contact: contact.to_owned(),
+            last_inbound_at: get_time(&item, "last_inbound_at"),
+            last_inbound_handle: get_s(&item, "last_inbound_handle").filter(|h| !h.is_empty()),
+            last_outbound_at: get_time(&item, "last_outbound_at"),
+            last_outbound_handle: get_s(&item, "last_outbound_handle").filter(|h| !h.is_empty()),
+            last_delivered_at: get_time(&item, "last_delivered_at"),
+            last_read_at: get_time(&item, "last_read_at"),
+            opted_out: item
+                .get("opted_out")
+                .and_then(|v| v.as_bool().ok())
+                .copied()
+                .unwrap_or(false),
+            service: get_s(&item, "service").and_then(|s| from_word(&s)),
+        })
+    }
+
+    /// An event out of order: each time it carries moves forward on its own condition, then
+    /// the other fields.
+    async fn apply_conversation_by_field(
+        &self,
+        u: &Update<'_>,
+        pk: &str,
+        line: &str,
+        contact: &str,
+    ) -> Result<Item, StoreError> {
         let at = u.at.timestamp_millis();
         let handle = u.handle.unwrap_or("");
-        if u.inbound {
-            self.move_forward(
-                &pk,
-                "last_inbound_at",
-                Some(("last_inbound_handle", handle)),
-                at,
-            )
-            .await?;
-        } else {
-            self.move_forward(
-                &pk,
-                "last_outbound_at",
-                Some(("last_outbound_handle", handle)),
-                at,
-            )
-            .await?;
-        }
-        if matches!(
-            u.status,
-            Some(MessageStatus::Delivered | MessageStatus::Read)
-        ) {
-            self.move_forward(&pk, "last_delivered_at", None, at)
+        for (field, handle_field) in Self::conversation_moves(u) {
+            self.move_forward(pk, field, handle_field.map(|hf| (hf, handle)), at)
                 .await?;
-        }
-        if u.status == Some(MessageStatus::Read) {
-            self.move_forward(&pk, "last_read_at", None, at).await?;
         }
         let mut sets = vec!["line = :line".to_owned(), "contact = :contact".to_owned()];
         let mut req = self
             .client
             .update_item()
             .table_name(&self.table)
-            .key("pk", s(&pk))
+            .key("pk", s(pk))
             .expression_attribute_values(":line", s(line))
             .expression_attribute_values(":contact", s(contact))
             .return_values(ReturnValue::AllNew);
@@ -265,22 +357,7 @@ impl DynamoState {
             .map_err(err)?
             .attributes
             .unwrap_or_default();
-        Ok(Conversation {
-            line: line.to_owned(),
-            contact: contact.to_owned(),
-            last_inbound_at: get_time(&item, "last_inbound_at"),
-            last_inbound_handle: get_s(&item, "last_inbound_handle").filter(|h| !h.is_empty()),
-            last_outbound_at: get_time(&item, "last_outbound_at"),
-            last_outbound_handle: get_s(&item, "last_outbound_handle").filter(|h| !h.is_empty()),
-            last_delivered_at: get_time(&item, "last_delivered_at"),
-            last_read_at: get_time(&item, "last_read_at"),
-            opted_out: item
-                .get("opted_out")
-                .and_then(|v| v.as_bool().ok())
-                .copied()
-                .unwrap_or(false),
-            service: get_s(&item, "service").and_then(|s| from_word(&s)),
-        })
+        Ok(item)
     }
 }
 
