@@ -1,5 +1,5 @@
 //! The `bluehook` command: `dev` runs the local pipeline, `send` posts a signed sample webhook,
-//! `stats` prints the counters of a data folder.
+//! `stats` prints the counters of a data folder, `cost` what webhooks cost on AWS.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -102,6 +102,23 @@ enum Command {
     Events {
         #[command(subcommand)]
         command: EventsCommand,
+    },
+    /// What webhooks cost on AWS, per million and per month: the AWS requests each function
+    /// makes per webhook (as `scripts/bench-aws.sh` measured them) at list prices, beside the
+    /// fewest the same guarantees need.
+    Cost {
+        /// Webhooks a month.
+        #[arg(long, default_value_t = 1_000_000)]
+        per_month: u64,
+        /// The sinks on, comma-separated: crm, sms_fallback, analytics, media; or all, none.
+        #[arg(long, default_value = "all")]
+        sinks: String,
+        /// Behind a Lambda function URL instead of the HTTP API.
+        #[arg(long)]
+        function_url: bool,
+        /// One JSON object, for scripts.
+        #[arg(long)]
+        json: bool,
     },
     /// Print the counters of a local data folder.
     Stats {
@@ -212,6 +229,12 @@ async fn main() -> ExitCode {
         }
         .map(|_| ExitCode::SUCCESS),
         Command::Events { command } => events(command).await.map(|_| ExitCode::SUCCESS),
+        Command::Cost {
+            per_month,
+            sinks,
+            function_url,
+            json,
+        } => cost(per_month, &sinks, function_url, json).map(|_| ExitCode::SUCCESS),
         Command::Stats { data_dir, json } => {
             stats(&data_dir, json).await.map(|_| ExitCode::SUCCESS)
         }
@@ -620,5 +643,20 @@ async fn stats(data_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
         "  median read time       {}",
         secs(summary.median_read_secs)
     );
+    Ok(())
+}
+
+fn cost(per_month: u64, sinks: &str, function_url: bool, json: bool) -> anyhow::Result<()> {
+    let sinks = bluehook::cost::parse_sinks(sinks).map_err(anyhow::Error::msg)?;
+    let estimate = bluehook::cost::estimate(&bluehook::cost::Options {
+        per_month,
+        sinks,
+        function_url,
+    });
+    if json {
+        println!("{}", serde_json::to_string_pretty(&estimate)?);
+    } else {
+        print!("{}", estimate.render());
+    }
     Ok(())
 }

@@ -15,6 +15,7 @@
 pub mod alerts;
 pub mod analytics;
 pub mod config;
+pub mod cost;
 pub mod delivery;
 pub mod destinations;
 pub mod event;
