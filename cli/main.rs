@@ -452,7 +452,11 @@ async fn events(command: EventsCommand) -> anyhow::Result<()> {
                 println!("status    {status}");
             }
             println!("received  {}", e["received_at"].as_str().unwrap_or(""));
-            println!("routes    {}", view.routes.join(", "));
+            if view.routes.is_empty() {
+                println!("routes    (accepted, not routed yet)");
+            } else {
+                println!("routes    {}", view.routes.join(", "));
+            }
             for (d, state) in &view.deliveries {
                 println!("  {d:<20} {state}");
             }

@@ -406,6 +406,9 @@ pub struct EventView {
     /// Routed to `media`: each attachment, where it is archived and what became of it.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub media: Vec<serde_json::Value>,
+    /// False for an event accepted but not routed yet (still on the events queue).
+    #[serde(skip)]
+    pub routed: bool,
 }
 
 /// One line of `bluehook events list`.
@@ -464,7 +467,8 @@ fn split_routes(routes: String) -> Vec<String> {
         .collect()
 }
 
-/// The event `id` with its routes and attempts; `None` if no event of that id was routed.
+/// The event `id` with its routes and attempts; an event accepted but not routed yet (still on
+/// the events queue, or dead-lettered there) with none; `None` if there is no such event.
 pub async fn show_event(db: &Db, id: &str) -> Result<Option<EventView>, DbError> {
     let id = id.to_owned();
     // The data folder: the database's own.
@@ -478,7 +482,25 @@ pub async fn show_event(db: &Db, id: &str) -> Result<Option<EventView>, DbError>
             )
             .optional()?;
         let Some((routes, event)) = row else {
-            return Ok(None);
+            let queued: Option<String> = c
+                .query_row(
+                    "SELECT body FROM queue_messages WHERE queue IN (?1, ?2) AND message_id = ?3",
+                    rusqlite::params![
+                        crate::local::EVENTS_QUEUE,
+                        crate::queue::sqlite::dead_letter_name(crate::local::EVENTS_QUEUE),
+                        &id
+                    ],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            return Ok(queued.map(|event| EventView {
+                event: serde_json::from_str(&event).unwrap_or(serde_json::Value::Null),
+                routes: Vec::new(),
+                deliveries: BTreeMap::new(),
+                attempts: Vec::new(),
+                media: Vec::new(),
+                routed: false,
+            }));
         };
         let routes = split_routes(routes);
         let attempts = attempts_of(c, &id)?;
@@ -496,6 +518,7 @@ pub async fn show_event(db: &Db, id: &str) -> Result<Option<EventView>, DbError>
             routes,
             attempts,
             media,
+            routed: true,
         }))
     })
     .await

@@ -471,6 +471,7 @@ impl Inspector {
         };
         let state = match &view {
             None => "queued",
+            Some(v) if !v.routed => "queued",
             Some(v) if v.deliveries.values().any(|s| s == "dead_lettered") => "dead_lettered",
             Some(v) if v.deliveries.values().any(|s| s == "retrying") => "retrying",
             Some(v) if v.deliveries.values().any(|s| s == "queued") => "queued",
