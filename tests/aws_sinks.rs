@@ -392,3 +392,61 @@ async fn a_crm_behind_refused_connections_gets_the_push_once_it_is_reachable() {
     assert_eq!(crm.requests().len(), 1, "pushed once, after the refusals");
     common::leaks::assert_no_secret(NEVER_SHOWN);
 }
+
+/// crm-sync's DynamoDB writes, counted on the wire: an in-order message event pushed to the
+/// `http` adapter costs three (its message's state, its conversation, the push recorded on the
+/// message); a redelivery is answered by its state update that the push is done: no push.
+#[tokio::test]
+async fn an_in_order_message_event_costs_crm_sync_three_dynamodb_writes() {
+    use common::proxy::Proxy;
+    let t = tables().await;
+    let proxy = Proxy::start(&common::moto_endpoint(), false).await;
+    let conf = common::aws_config(&proxy.url).await;
+    let counted = Tables {
+        ddb: aws_sdk_dynamodb::Client::new(&conf),
+        state: t.state.clone(),
+        effects: t.effects.clone(),
+    };
+    let crm_server = FakeHttp::start(|_, _| (200, "{}".into())).await;
+    let crm = crm_sync(&counted, &crm_server.url).await;
+    let writes = |proxy: &Proxy| -> u64 {
+        proxy
+            .counts()
+            .iter()
+            .filter(|(action, _)| {
+                action.ends_with(".PutItem")
+                    || action.ends_with(".UpdateItem")
+                    || action.ends_with(".DeleteItem")
+            })
+            .map(|(_, n)| n)
+            .sum()
+    };
+    let events = [
+        event("w1", MessageStatus::Sent, "SENT", Some("hello")),
+        event("w1", MessageStatus::Delivered, "DELIVERED", None),
+        event("w1", MessageStatus::Read, "READ", None),
+    ];
+    for (i, e) in events.iter().enumerate() {
+        proxy.reset_counts();
+        let batch = [e.clone()];
+        assert!(crm
+            .handle(sqs_event(&batch))
+            .await
+            .batch_item_failures
+            .is_empty());
+        assert_eq!(writes(&proxy), 3, "event {i}: {:?}", proxy.counts());
+    }
+    assert_eq!(crm_server.requests().len(), 3);
+    proxy.reset_counts();
+    assert!(crm
+        .handle(sqs_event(&events[2..]))
+        .await
+        .batch_item_failures
+        .is_empty());
+    assert_eq!(
+        crm_server.requests().len(),
+        3,
+        "a redelivery pushes nothing"
+    );
+    assert!(writes(&proxy) <= 4, "{:?}", proxy.counts());
+}

@@ -88,6 +88,13 @@ pub struct Policy {
 pub enum Planned<W> {
     /// One effect, claimed under `key` (within the target's namespace) before `work` is done.
     Effect { key: String, work: W },
+    /// One effect without an effect key: the target records it done itself (on the state item
+    /// its plan just updated, which is also how it knows a repeat: [`Planned::AlreadyDone`]).
+    /// Two copies under way at the same moment can both do it; a target uses this only where
+    /// the far side drops a copy (the CRM receiver, by `webhook-id`).
+    Unclaimed { work: W },
+    /// The target's own record says this event's effect is done.
+    AlreadyDone,
     /// Nothing to do for this event, and why (`stale`, `not_a_failure`, ...).
     Skip(&'static str),
 }
@@ -386,7 +393,19 @@ impl<T: Target> Deliver for Deliverer<T> {
             detail,
         };
         let (key, work) = match self.target.plan(event).await {
-            Ok(Planned::Effect { key, work }) => (key, work),
+            Ok(Planned::Effect { key, work }) => (Some(key), work),
+            Ok(Planned::Unclaimed { work }) => (None, work),
+            Ok(Planned::AlreadyDone) => {
+                self.metrics
+                    .incr(&format!("destination.{name}.duplicates"), 1);
+                let verdict = Verdict::AlreadyDelivered;
+                return Attempted {
+                    verdict,
+                    record: Some(record(verdict, None, None, Some(ALREADY_DONE.to_owned()))),
+                    completion: None,
+                    follow_on: None,
+                };
+            }
             Ok(Planned::Skip(reason)) => {
                 self.target.skipped(event, reason);
                 tracing::debug!(destination = %name, event_id = %event.id, reason, "nothing to deliver");
@@ -413,9 +432,14 @@ impl<T: Target> Deliver for Deliverer<T> {
                 };
             }
         };
-        let token = match self.effects.claim(&key, &event.id).await {
-            Ok(Claim::Acquired(t)) => t,
-            Ok(Claim::Completed) => {
+        let claimed = match &key {
+            Some(key) => self.effects.claim(key, &event.id).await.map(Some),
+            None => Ok(None),
+        };
+        let token = match claimed {
+            Ok(None) => None,
+            Ok(Some(Claim::Acquired(t))) => Some(t),
+            Ok(Some(Claim::Completed)) => {
                 self.metrics
                     .incr(&format!("destination.{name}.duplicates"), 1);
                 // Recorded (so the event's state is known), not counted as an attempt.
@@ -429,7 +453,7 @@ impl<T: Target> Deliver for Deliverer<T> {
             }
             // Another copy of this delivery is under way, or its outcome is unknown: look again
             // once its lease could end, until the attempts run out.
-            Ok(Claim::InProgress { retry_after }) => {
+            Ok(Some(Claim::InProgress { retry_after })) => {
                 tracing::warn!(destination = %name, event_id = %event.id, "this effect is under way or of unknown outcome");
                 return Attempted::bare(self.retry_or_dead(attempt, Some(retry_after)));
             }
@@ -447,7 +471,7 @@ impl<T: Target> Deliver for Deliverer<T> {
                     follow_on,
                     verdict: Verdict::Delivered,
                     record: Some(record(Verdict::Delivered, status, None, None)),
-                    completion: Some(Completion {
+                    completion: key.zip(token).map(|(key, token)| Completion {
                         key: self.effects.full_key(&key),
                         token,
                         ttl: self.effects.ttl,
@@ -462,8 +486,10 @@ impl<T: Target> Deliver for Deliverer<T> {
                 retry_after,
                 definite,
             } => {
-                let verdict = if definite || self.target.policy().repeat_unknown {
-                    self.effects.release(&key, &token).await;
+                let verdict = if definite || self.target.policy().repeat_unknown || key.is_none() {
+                    if let Some((key, token)) = key.as_ref().zip(token.as_ref()) {
+                        self.effects.release(key, token).await;
+                    }
                     self.retry_or_dead(attempt, retry_after)
                 } else {
                     // It may have happened: the claim stays, so it never happens twice, and a

@@ -4,7 +4,9 @@
 //! phone, log each message as a communication), and locally an outbox table.
 //!
 //! A stale event (a status that does not move its message forward) changes nothing and pushes
-//! nothing. A push claims `effect:crm:<event key>` first, so a redelivery does not push again.
+//! nothing. A push claims `effect:crm:<event key>` first, so a redelivery does not push again;
+//! on AWS a message event's push to the `http` adapter is recorded on the message's state item
+//! instead (the state update is its claim), two DynamoDB writes fewer.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -324,9 +326,16 @@ impl CrmSync {
     }
 }
 
+/// What one push needs: the state the event left, and whether the push is recorded done on the
+/// message's item (no effect key) once it went through.
+pub struct CrmWork {
+    applied: Applied,
+    record_push: bool,
+}
+
 #[async_trait]
 impl Target for CrmSync {
-    type Work = Applied;
+    type Work = CrmWork;
 
     fn name(&self) -> &str {
         "crm"
@@ -345,7 +354,7 @@ impl Target for CrmSync {
         }
     }
 
-    async fn plan(&self, event: &Event) -> Result<Planned<Applied>, String> {
+    async fn plan(&self, event: &Event) -> Result<Planned<CrmWork>, String> {
         // Applying the same event again answers the same (`advanced` names the event that
         // set the state), so a retried push is not mistaken for a stale one.
         let applied = self
@@ -356,23 +365,55 @@ impl Target for CrmSync {
         if applied.message.is_some() && !applied.advanced {
             return Ok(Planned::Skip("stale"));
         }
-        Ok(Planned::Effect {
-            key: event.idempotency_key.clone(),
-            work: applied,
+        // A message event pushed to the `http` adapter, on a store that records pushes on the
+        // message (DynamoDB): the state update just made is the claim (it names this event),
+        // and the push is recorded on the same item, two writes fewer than an effect key. Two
+        // copies under way at once can both push: the receiver drops one by its `webhook-id`.
+        // HubSpot (a communication per call) and the local outbox keep the effect key.
+        let own_record = applied.message.is_some()
+            && self.state.records_pushes()
+            && matches!(self.adapter, CrmAdapter::Http { .. });
+        if own_record && applied.pushed {
+            return Ok(Planned::AlreadyDone);
+        }
+        let work = CrmWork {
+            applied,
+            record_push: own_record,
+        };
+        Ok(if own_record {
+            Planned::Unclaimed { work }
+        } else {
+            Planned::Effect {
+                key: event.idempotency_key.clone(),
+                work,
+            }
         })
     }
 
-    async fn perform(&self, event: &Event, applied: &Applied) -> Outcome {
-        match self.adapter.push(event, applied, self.media.as_ref()).await {
-            Ok(result) => Outcome::Done {
-                status: None,
-                result,
-            },
+    async fn perform(&self, event: &Event, work: &CrmWork) -> Outcome {
+        match self
+            .adapter
+            .push(event, &work.applied, self.media.as_ref())
+            .await
+        {
+            Ok(result) => {
+                if work.record_push {
+                    if let Err(e) = self.state.record_push(event).await {
+                        // Pushed: a redelivery would push again, and the receiver drops it.
+                        tracing::warn!(event_id = %event.id, error = %e, "pushed, but not recorded on the message");
+                    }
+                }
+                Outcome::Done {
+                    status: None,
+                    result,
+                }
+            }
             Err(e) => e.outcome(),
         }
     }
 
-    fn done(&self, event: &Event, applied: &Applied) {
+    fn done(&self, event: &Event, work: &CrmWork) {
+        let applied = &work.applied;
         self.metrics.incr("crm.pushed", 1);
         // Once per event: a redelivery finds the effect key completed.
         self.observe_latencies(event, applied);

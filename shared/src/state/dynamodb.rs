@@ -1,6 +1,7 @@
 //! Conversation state in DynamoDB (the state table, key `pk`): messages as `msg#<source>#<handle>`,
 //! conversations as `conv#<line>#<contact>`. A status moves only through a conditional
-//! `UpdateItem` on its rank; each conversation time moves only forward, by condition too: one
+//! `UpdateItem` on its rank (and a CRM push is recorded done on the message's item,
+//! `pushed_event`); each conversation time moves only forward, by condition too: one
 //! conditional `UpdateItem` for the whole conversation when the event is in order, one per
 //! time when it is not.
 
@@ -109,8 +110,9 @@ impl DynamoState {
         u: &Update<'_>,
         handle: &str,
         status: MessageStatus,
-    ) -> Result<(bool, MessageState), StoreError> {
+    ) -> Result<(bool, MessageState, bool), StoreError> {
         let pk = format!("msg#{}#{handle}", u.source);
+        let pushed = |item: &Item| get_s(item, "pushed_event").as_deref() == Some(u.event_id);
         let (mut sets, values) = Self::keep_first(u);
         sets.push("#st = :st".into());
         sets.push("#rk = :rk".into());
@@ -132,10 +134,10 @@ impl DynamoState {
             req = req.expression_attribute_values(k, v.clone());
         }
         match req.send().await {
-            Ok(out) => Ok((
-                true,
-                message_from(&out.attributes.unwrap_or_default(), u.source, handle),
-            )),
+            Ok(out) => {
+                let item = out.attributes.unwrap_or_default();
+                Ok((true, message_from(&item, u.source, handle), pushed(&item)))
+            }
             Err(SdkError::ServiceError(se))
                 if matches!(
                     se.err(),
@@ -167,7 +169,11 @@ impl DynamoState {
                     .unwrap_or_default();
                 // Current if this same event set the status on an earlier delivery.
                 let current = get_s(&item, "status_event").as_deref() == Some(u.event_id);
-                Ok((current, message_from(&item, u.source, handle)))
+                Ok((
+                    current,
+                    message_from(&item, u.source, handle),
+                    pushed(&item),
+                ))
             }
             Err(e) => Err(err(e)),
         }
@@ -369,14 +375,15 @@ impl StateStore for DynamoState {
                 advanced: false,
                 message: None,
                 conversation: None,
+                pushed: false,
             });
         };
-        let (advanced, message) = match (u.handle, u.status) {
+        let (advanced, message, pushed) = match (u.handle, u.status) {
             (Some(h), Some(st)) => {
-                let (a, m) = self.apply_message(&u, h, st).await?;
-                (a, Some(m))
+                let (a, m, p) = self.apply_message(&u, h, st).await?;
+                (a, Some(m), p)
             }
-            _ => (false, None),
+            _ => (false, None, false),
         };
         let conversation = match (u.line, u.contact) {
             (Some(l), Some(c)) => Some(self.apply_conversation(&u, l, c).await?),
@@ -386,7 +393,31 @@ impl StateStore for DynamoState {
             advanced,
             message,
             conversation,
+            pushed,
         })
+    }
+
+    fn records_pushes(&self) -> bool {
+        true
+    }
+
+    /// `pushed_event` on the message's item: a redelivery of the event finds it there (the
+    /// item's update answers with it) and is not pushed again.
+    async fn record_push(&self, e: &Event) -> Result<(), StoreError> {
+        let Some(handle) = e.message_handle.as_deref() else {
+            return Ok(());
+        };
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(&format!("msg#{}#{handle}", e.source)))
+            .update_expression("SET pushed_event = :eid")
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_values(":eid", s(&e.id))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(err)
     }
 
     async fn message(

@@ -67,6 +67,9 @@ pub struct Applied {
     pub advanced: bool,
     pub message: Option<MessageState>,
     pub conversation: Option<Conversation>,
+    /// The message's item records this event's CRM push as done (a store that records pushes
+    /// on the message: [`StateStore::records_pushes`]).
+    pub pushed: bool,
 }
 
 #[async_trait]
@@ -74,6 +77,18 @@ pub trait StateStore: Send + Sync {
     async fn apply(&self, e: &Event) -> Result<Applied, StoreError>;
     async fn message(&self, source: &str, handle: &str)
         -> Result<Option<MessageState>, StoreError>;
+
+    /// Whether a CRM push can be recorded done on the message's own item
+    /// ([`StateStore::record_push`]), so that [`StateStore::apply`] tells a repeat
+    /// ([`Applied::pushed`]) without an effect key of its own.
+    fn records_pushes(&self) -> bool {
+        false
+    }
+
+    /// Records on `e`'s message that its push is done.
+    async fn record_push(&self, _e: &Event) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// The parts of an event the state cares about.
@@ -249,7 +264,8 @@ pub mod contract {
             Applied {
                 advanced: false,
                 message: None,
-                conversation: None
+                conversation: None,
+                pushed: false,
             }
         );
     }

@@ -101,6 +101,7 @@ impl StateStore for SqliteState {
                 advanced: false,
                 message: None,
                 conversation: None,
+                pushed: false,
             });
         };
         let source = u.source.to_owned();
@@ -196,7 +197,12 @@ impl StateStore for SqliteState {
                     )?;
                     conversation = read_conversation(c, l, ct)?;
                 }
-                Ok(Applied { advanced, message, conversation })
+                Ok(Applied {
+                    advanced,
+                    message,
+                    conversation,
+                    pushed: false,
+                })
             })
             .await
             .map_err(|e| StoreError(e.to_string()))
