@@ -25,6 +25,8 @@ struct Tally {
     duplicate: u64,
     errors: u64,
     latencies_us: Vec<u64>,
+    /// The slowest answer: its latency and when it was scheduled (µs since the start).
+    worst: (u64, u64),
 }
 
 #[tokio::main]
@@ -94,9 +96,11 @@ async fn main() {
                     }
                     _ => tally.errors += 1,
                 }
-                tally
-                    .latencies_us
-                    .push(scheduled.elapsed().as_micros() as u64);
+                let latency = scheduled.elapsed().as_micros() as u64;
+                tally.latencies_us.push(latency);
+                if latency > tally.worst.0 {
+                    tally.worst = (latency, scheduled.duration_since(start).as_micros() as u64);
+                }
                 i += 1;
             }
             tally
@@ -109,6 +113,7 @@ async fn main() {
         total.duplicate += t.duplicate;
         total.errors += t.errors;
         total.latencies_us.extend(t.latencies_us);
+        total.worst = total.worst.max(t.worst);
     }
     let elapsed = start.elapsed().as_secs_f64();
     total.latencies_us.sort_unstable();
@@ -129,6 +134,8 @@ async fn main() {
         "target_rate": rate,
         "connections": connections,
         "latency_ms": {"p50": pct(0.50), "p90": pct(0.90), "p99": pct(0.99), "max": pct(1.0)},
+        // When the slowest request was due, seconds after the start: where to look for a stall.
+        "max_at_s": total.worst.1 as f64 / 1e6,
     });
     println!("{report}");
 }
