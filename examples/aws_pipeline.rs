@@ -1,8 +1,10 @@
 //! The deployed topology, measured: the five built bootstraps run through a Lambda runtime API
 //! server against moto (real DynamoDB, SQS and S3 wire protocol) behind a counting proxy, with a
-//! fake CRM and a fake Twilio. A mixed workload of unique Sendblue webhooks goes through ingress
-//! (one invocation each) and, in batches of 10 as SQS triggers deliver them, router, crm-sync,
-//! sms-fallback and analytics.
+//! fake CRM, a fake Twilio, a destination's receiver and a CDN. A mixed workload of unique
+//! Sendblue webhooks goes through ingress (one invocation each) and, in batches as the
+//! template's SQS triggers deliver them, router, crm-sync, sms-fallback, analytics, deliver (the
+//! fixture configuration's destination `hook`, which takes every message event) and media (the
+//! attachments of 2% of the webhooks).
 //!
 //! Reports per function: invocations, duration (median, p99), CPU per event, events/s, and the
 //! AWS requests per event by action; then the cost per million webhooks at AWS list prices from
@@ -10,6 +12,8 @@
 //!
 //!     scripts/bench-aws.sh [events]      # starts moto, builds the bootstraps, runs this
 
+#[path = "../tests/common/cdn.rs"]
+mod cdn;
 #[allow(dead_code)]
 #[path = "../tests/common/fake.rs"]
 mod fake;
@@ -34,6 +38,7 @@ const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 /// The template's BatchSize: 10 for router, crm-sync and sms-fallback, 100 for analytics.
 const BATCH: usize = 10;
 const ANALYTICS_BATCH: usize = 100;
+const MEDIA_BATCH: usize = 1;
 
 /// AWS list prices, us-east-1, USD (public price pages, 2025).
 mod price {
@@ -132,7 +137,7 @@ async fn table(ddb: &aws_sdk_dynamodb::Client, name: &str) -> anyhow::Result<()>
 
 /// The workload: unique Sendblue webhooks, 40% inbound messages, 30% outbound SENT, 28% their
 /// DELIVERED, 2% failed outbound iMessages (which the SMS fallback sends).
-fn workload(n: usize) -> anyhow::Result<Vec<serde_json::Value>> {
+fn workload(n: usize, cdn: &str) -> anyhow::Result<Vec<serde_json::Value>> {
     let load = |name: &str| -> anyhow::Result<serde_json::Value> {
         let path = Path::new(ROOT).join("tests/fixtures/apigw").join(name);
         Ok(serde_json::from_str(&std::fs::read_to_string(path)?)?)
@@ -157,6 +162,10 @@ fn workload(n: usize) -> anyhow::Result<Vec<serde_json::Value>> {
             i
         };
         body["message_handle"] = format!("bench-{handle_of:08}").into();
+        // One inbound message in 50 carries a 20 KB picture.
+        if i % 50 == 0 {
+            body["media_url"] = format!("{cdn}/media/{i}.jpg?size=20000").into();
+        }
         if let Some(s) = status {
             body["status"] = s.into();
             if s == "ERROR" {
@@ -319,7 +328,15 @@ async fn main() -> anyhow::Result<()> {
     table(&ddb, &state).await?;
     s3.create_bucket().bucket(&bucket).send().await?;
     let mut queues = BTreeMap::new();
-    for q in ["events", "crm", "sms", "analytics"] {
+    for q in [
+        "events",
+        "crm",
+        "sms",
+        "analytics",
+        "deliveries",
+        "deliveries-dlq",
+        "media",
+    ] {
         let url = sqs
             .create_queue()
             .queue_name(unique(q))
@@ -331,12 +348,27 @@ async fn main() -> anyhow::Result<()> {
     }
     let crm = fake::FakeHttp::start(|_, _| (200, "{}".into())).await;
     let twilio = fake::FakeHttp::start(fake::twilio_ok).await;
+    let hook = fake::FakeHttp::start(|_, _| (200, "{}".into())).await;
+    let cdn = cdn::Cdn::start().await;
     let mut config: toml::Table = toml::from_str(&std::fs::read_to_string(
         Path::new(ROOT).join("tests/fixtures/bluehook.toml"),
     )?)?;
     let sinks = config["sinks"].as_table_mut().unwrap();
     sinks["crm"].as_table_mut().unwrap()["url"] = format!("{}/crm", crm.url).into();
     sinks["sms_fallback"].as_table_mut().unwrap()["base_url"] = twilio.url.clone().into();
+    // The CDN is on loopback, which the media sink refuses on AWS unless told otherwise.
+    let mut media = toml::Table::new();
+    media.insert("allow_private_addresses".into(), true.into());
+    sinks.insert("media".into(), media.into());
+    config["destinations"].as_table_mut().unwrap()["hook"]
+        .as_table_mut()
+        .unwrap()["url"] = format!("{}/hook", hook.url).into();
+    let mut media_route = toml::Table::new();
+    media_route.insert("to".into(), "media".into());
+    config["routes"]
+        .as_array_mut()
+        .unwrap()
+        .push(media_route.into());
     let config = toml::to_string(&config)?;
 
     let proxy = proxy::Proxy::start(&args.endpoint, true).await;
@@ -352,7 +384,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let bin = |name: &str| args.bootstraps.join(name).join("bootstrap");
 
-    let webhooks = workload(args.events)?;
+    let webhooks = workload(args.events, &cdn.url)?;
     let mut stages = Vec::new();
     stages.push(
         run_stage(
@@ -376,6 +408,11 @@ async fn main() -> anyhow::Result<()> {
                 ("BLUEHOOK_CRM_QUEUE_URL", queues["crm"].clone()),
                 ("BLUEHOOK_SMS_FALLBACK_QUEUE_URL", queues["sms"].clone()),
                 ("BLUEHOOK_ANALYTICS_QUEUE_URL", queues["analytics"].clone()),
+                (
+                    "BLUEHOOK_DELIVERIES_QUEUE_URL",
+                    queues["deliveries"].clone(),
+                ),
+                ("BLUEHOOK_MEDIA_QUEUE_URL", queues["media"].clone()),
             ]),
             &proxy,
             &events,
@@ -395,6 +432,27 @@ async fn main() -> anyhow::Result<()> {
             ANALYTICS_BATCH,
             vec![("BLUEHOOK_ANALYTICS_BUCKET", bucket.clone())],
         ),
+        (
+            "deliver",
+            "deliveries",
+            BATCH,
+            vec![
+                ("BLUEHOOK_IDEMPOTENCY_TABLE", idem.clone()),
+                (
+                    "BLUEHOOK_DELIVERIES_QUEUE_URL",
+                    queues["deliveries"].clone(),
+                ),
+                (
+                    "BLUEHOOK_DELIVERIES_DLQ_URL",
+                    queues["deliveries-dlq"].clone(),
+                ),
+            ],
+        ),
+        ("media", "media", MEDIA_BATCH, {
+            let mut env = sink_env.clone();
+            env.push(("BLUEHOOK_MEDIA_BUCKET", bucket.clone()));
+            env
+        }),
     ] {
         let batches = batches(&sqs, &queues[queue], batch).await?;
         stages.push(run_stage(name, &bin(name), &env(extra), &proxy, &batches).await?);
@@ -402,6 +460,21 @@ async fn main() -> anyhow::Result<()> {
     anyhow::ensure!(
         !crm.requests().is_empty() && !twilio.requests().is_empty(),
         "the sinks reached neither the CRM nor Twilio"
+    );
+    let attachments = webhooks.len().div_ceil(50);
+    anyhow::ensure!(
+        hook.requests().len() == crm.requests().len(),
+        "the destination got {} deliveries for {} message events",
+        hook.requests().len(),
+        crm.requests().len()
+    );
+    let archived = (0..webhooks.len())
+        .step_by(50)
+        .filter(|i| cdn.hits(&format!("/media/{i}.jpg")) == 1)
+        .count();
+    anyhow::ensure!(
+        archived == attachments,
+        "{archived} of {attachments} attachments fetched once"
     );
     report(
         &args,

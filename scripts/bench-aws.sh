@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The deployed topology measured against moto: the five `cargo lambda build --release`
-# bootstraps through a Lambda runtime API server, a counting proxy in front of moto, a fake CRM
-# and Twilio; prints durations, CPU per event, events/s, AWS requests per event and the cost per
-# million webhooks (docs/cost.md explains the model).
+# The deployed topology measured against moto: seven `cargo lambda build --release` bootstraps
+# (ingress, router, crm-sync, sms-fallback, analytics, deliver, media) through a Lambda runtime
+# API server, a counting proxy in front of moto, a fake CRM, Twilio, destination and CDN;
+# prints durations, CPU per event, events/s, AWS requests per event and the cost per million
+# webhooks (docs/cost.md explains the model).
 #   scripts/bench-aws.sh [webhooks, default 1000]
 # Uses the venv of scripts/test.sh (moto, cargo-lambda); run that once first.
 set -euo pipefail
