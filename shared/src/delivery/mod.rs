@@ -392,20 +392,23 @@ impl<T: Target> Deliver for Deliverer<T> {
             state: verdict.state().to_owned(),
             detail,
         };
+        // Done before (the target's own record, or its effect key): recorded, so the event's
+        // state is known, not counted as an attempt.
+        let already_done = || {
+            self.metrics
+                .incr(&format!("destination.{name}.duplicates"), 1);
+            let verdict = Verdict::AlreadyDelivered;
+            Attempted {
+                verdict,
+                record: Some(record(verdict, None, None, Some(ALREADY_DONE.to_owned()))),
+                completion: None,
+                follow_on: None,
+            }
+        };
         let (key, work) = match self.target.plan(event).await {
             Ok(Planned::Effect { key, work }) => (Some(key), work),
             Ok(Planned::Unclaimed { work }) => (None, work),
-            Ok(Planned::AlreadyDone) => {
-                self.metrics
-                    .incr(&format!("destination.{name}.duplicates"), 1);
-                let verdict = Verdict::AlreadyDelivered;
-                return Attempted {
-                    verdict,
-                    record: Some(record(verdict, None, None, Some(ALREADY_DONE.to_owned()))),
-                    completion: None,
-                    follow_on: None,
-                };
-            }
+            Ok(Planned::AlreadyDone) => return already_done(),
             Ok(Planned::Skip(reason)) => {
                 self.target.skipped(event, reason);
                 tracing::debug!(destination = %name, event_id = %event.id, reason, "nothing to deliver");
@@ -439,18 +442,7 @@ impl<T: Target> Deliver for Deliverer<T> {
         let token = match claimed {
             Ok(None) => None,
             Ok(Some(Claim::Acquired(t))) => Some(t),
-            Ok(Some(Claim::Completed)) => {
-                self.metrics
-                    .incr(&format!("destination.{name}.duplicates"), 1);
-                // Recorded (so the event's state is known), not counted as an attempt.
-                let verdict = Verdict::AlreadyDelivered;
-                return Attempted {
-                    verdict,
-                    record: Some(record(verdict, None, None, Some(ALREADY_DONE.to_owned()))),
-                    completion: None,
-                    follow_on: None,
-                };
-            }
+            Ok(Some(Claim::Completed)) => return already_done(),
             // Another copy of this delivery is under way, or its outcome is unknown: look again
             // once its lease could end, until the attempts run out.
             Ok(Some(Claim::InProgress { retry_after })) => {
