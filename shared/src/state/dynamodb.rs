@@ -66,6 +66,11 @@ fn message_from(item: &Item, source: &str, handle: &str) -> MessageState {
     }
 }
 
+/// A message's item key: `msg#<source>#<handle>`.
+fn message_pk(source: &str, handle: &str) -> String {
+    format!("msg#{source}#{handle}")
+}
+
 impl DynamoState {
     pub fn new(client: Client, table: impl Into<String>) -> DynamoState {
         DynamoState {
@@ -111,7 +116,7 @@ impl DynamoState {
         handle: &str,
         status: MessageStatus,
     ) -> Result<(bool, MessageState, bool), StoreError> {
-        let pk = format!("msg#{}#{handle}", u.source);
+        let pk = message_pk(u.source, handle);
         let pushed = |item: &Item| get_s(item, "pushed_event").as_deref() == Some(u.event_id);
         let (mut sets, values) = Self::keep_first(u);
         sets.push("#st = :st".into());
@@ -410,7 +415,7 @@ impl StateStore for DynamoState {
         self.client
             .update_item()
             .table_name(&self.table)
-            .key("pk", s(&format!("msg#{}#{handle}", e.source)))
+            .key("pk", s(&message_pk(&e.source, handle)))
             .update_expression("SET pushed_event = :eid")
             .condition_expression("attribute_exists(pk)")
             .expression_attribute_values(":eid", s(&e.id))
@@ -429,7 +434,7 @@ impl StateStore for DynamoState {
             .client
             .get_item()
             .table_name(&self.table)
-            .key("pk", s(&format!("msg#{source}#{handle}")))
+            .key("pk", s(&message_pk(source, handle)))
             .consistent_read(true)
             .send()
             .await
