@@ -407,22 +407,35 @@ impl StateStore for DynamoState {
     }
 
     /// `pushed_event` on the message's item: a redelivery of the event finds it there (the
-    /// item's update answers with it) and is not pushed again.
+    /// item's update answers with it) and is not pushed again. Only while the event still holds
+    /// the status: a push of an event overtaken meanwhile must not overwrite the record of the
+    /// event that overtook it (a redelivery of the overtaken one is stale and pushes nothing).
     async fn record_push(&self, e: &Event) -> Result<(), StoreError> {
         let Some(handle) = e.message_handle.as_deref() else {
             return Ok(());
         };
-        self.client
+        let sent = self
+            .client
             .update_item()
             .table_name(&self.table)
             .key("pk", s(&message_pk(&e.source, handle)))
             .update_expression("SET pushed_event = :eid")
-            .condition_expression("attribute_exists(pk)")
+            .condition_expression("status_event = :eid")
             .expression_attribute_values(":eid", s(&e.id))
             .send()
-            .await
-            .map(|_| ())
-            .map_err(err)
+            .await;
+        match sent {
+            Ok(_) => Ok(()),
+            Err(SdkError::ServiceError(se))
+                if matches!(
+                    se.err(),
+                    UpdateItemError::ConditionalCheckFailedException(_)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(err(e)),
+        }
     }
 
     async fn message(
