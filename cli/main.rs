@@ -116,6 +116,10 @@ enum Command {
         /// Behind a Lambda function URL instead of the HTTP API.
         #[arg(long)]
         function_url: bool,
+        /// Price Lambda's START/REPORT lines too (the template's PlatformLogLevel=INFO; its
+        /// default, WARN, leaves them out).
+        #[arg(long)]
+        platform_logs: bool,
         /// One JSON object, for scripts.
         #[arg(long)]
         json: bool,
@@ -233,8 +237,9 @@ async fn main() -> ExitCode {
             per_month,
             sinks,
             function_url,
+            platform_logs,
             json,
-        } => cost(per_month, &sinks, function_url, json).map(|_| ExitCode::SUCCESS),
+        } => cost(per_month, &sinks, function_url, platform_logs, json).map(|_| ExitCode::SUCCESS),
         Command::Stats { data_dir, json } => {
             stats(&data_dir, json).await.map(|_| ExitCode::SUCCESS)
         }
@@ -650,12 +655,19 @@ async fn stats(data_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn cost(per_month: u64, sinks: &str, function_url: bool, json: bool) -> anyhow::Result<()> {
+fn cost(
+    per_month: u64,
+    sinks: &str,
+    function_url: bool,
+    platform_logs: bool,
+    json: bool,
+) -> anyhow::Result<()> {
     let sinks = bluehook::cost::parse_sinks(sinks).map_err(anyhow::Error::msg)?;
     let estimate = bluehook::cost::estimate(&bluehook::cost::Options {
         per_month,
         sinks,
         function_url,
+        platform_logs,
     });
     if json {
         println!("{}", serde_json::to_string_pretty(&estimate)?);

@@ -561,12 +561,6 @@ fn report(args: &Args, stages: &[Stage], crm_pushes: usize, sms_sent: usize) {
         ("DynamoDB write units", ddb_writes, price::DDB_WRITE_PER_M),
         ("DynamoDB read units", ddb_reads, price::DDB_READ_PER_M),
         ("S3 PUTs", s3_puts, price::S3_PUT_PER_M),
-        (
-            "CloudWatch Logs, platform lines (KB)",
-            lambda_requests * PLATFORM_LOG_BYTES / 1e3,
-            // A KB per webhook is 10^9 bytes per million webhooks: a GB.
-            price::LOGS_PER_GB,
-        ),
     ];
     println!("| per million webhooks | quantity per webhook | USD |");
     println!("|---|---:|---:|");
@@ -579,9 +573,13 @@ fn report(args: &Args, stages: &[Stage], crm_pushes: usize, sms_sent: usize) {
     println!("| **total** | | **{total:.2}** |");
     println!();
     let api = price::HTTP_API_PER_M;
+    // Lambda's START/END/REPORT lines: only with PlatformLogLevel=INFO (the template's
+    // default, WARN, leaves them out). A KB per webhook is a GB per million webhooks.
+    let platform_logs = lambda_requests * PLATFORM_LOG_BYTES / 1e3 * price::LOGS_PER_GB;
     println!(
         "Choices: a Lambda function URL instead of the HTTP API saves {api:.2} (total {:.2}); \
-         one DynamoDB write per webhook at the ingress instead of two saves {:.2}.",
+         one DynamoDB write per webhook at the ingress instead of two saves {:.2}; \
+         PlatformLogLevel=INFO (Lambda's START/REPORT lines) adds {platform_logs:.2}.",
         total - api,
         price::DDB_WRITE_PER_M
     );

@@ -198,6 +198,58 @@ fn every_environment_variable_the_functions_read_is_set_by_the_template() {
     }
 }
 
+/// Each function logs to its own group, kept `LogRetentionDays`, and Lambda's own lines
+/// (START/END/REPORT, a third of a KB per invocation) are left out unless the deployer asks for
+/// them: JSON system logs at `PlatformLogLevel`, WARN by default (docs/cost.md prices them).
+#[test]
+fn every_function_logs_to_its_own_retained_group_without_platform_lines_by_default() {
+    let t = template();
+    let level = &t["Parameters"]["PlatformLogLevel"];
+    assert_eq!(level["Default"].as_str(), Some("WARN"));
+    let allowed: Vec<&str> = level["AllowedValues"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(allowed.contains(&"INFO"), "INFO puts the lines back");
+    let mut groups = BTreeSet::new();
+    for f in functions(&t) {
+        let logging = &f.properties["LoggingConfig"];
+        assert_eq!(
+            logging["LogFormat"].as_str(),
+            Some("JSON"),
+            "{}: a system log level needs the JSON format",
+            f.logical_id
+        );
+        let tag = |v: &Value| match v {
+            Value::Tagged(tagged) => (
+                tagged.tag.to_string(),
+                tagged.value.as_str().unwrap_or_default().to_owned(),
+            ),
+            other => panic!("{}: not a !Ref: {other:?}", f.logical_id),
+        };
+        assert_eq!(
+            tag(&logging["SystemLogLevel"]),
+            ("!Ref".to_owned(), "PlatformLogLevel".to_owned()),
+            "{}",
+            f.logical_id
+        );
+        let (_, group) = tag(&logging["LogGroup"]);
+        assert_eq!(
+            t["Resources"][group.as_str()]["Properties"]["RetentionInDays"],
+            Value::Tagged(Box::new(serde_yaml::value::TaggedValue {
+                tag: serde_yaml::value::Tag::new("Ref"),
+                value: Value::String("LogRetentionDays".into()),
+            })),
+            "{}: {group}",
+            f.logical_id
+        );
+        assert!(groups.insert(group), "{}: a shared group", f.logical_id);
+    }
+    assert_eq!(groups.len(), 8);
+}
+
 /// The fixtures of one kind, by file name.
 fn fixtures(kind: &str) -> BTreeMap<String, serde_json::Value> {
     let dir = Path::new(ROOT).join("tests/fixtures").join(kind);

@@ -26,7 +26,8 @@ pub mod price {
     pub const LOGS_PER_GB: f64 = 0.50;
 }
 
-/// Lambda's START, END and REPORT lines per invocation, in bytes.
+/// Lambda's START, END and REPORT lines per invocation, in bytes: written only when the
+/// template's `PlatformLogLevel` is INFO or DEBUG (its default, WARN, leaves them out).
 const PLATFORM_LOG_BYTES: f64 = 350.0;
 const MEMORY_GB: f64 = 128.0 / 1024.0;
 
@@ -138,6 +139,8 @@ pub struct Options {
     pub sinks: Vec<String>,
     /// Behind a Lambda function URL instead of the HTTP API.
     pub function_url: bool,
+    /// Lambda's own START/REPORT lines kept (`PlatformLogLevel=INFO`).
+    pub platform_logs: bool,
 }
 
 /// One line of the bill.
@@ -165,6 +168,8 @@ pub struct Estimate {
     /// The budget per million webhooks with every sink on: $3.50 behind a function URL, $4.50
     /// behind the HTTP API.
     pub budget_per_million: f64,
+    /// Lambda's START/REPORT lines priced (`PlatformLogLevel=INFO`).
+    pub platform_logs: bool,
 }
 
 /// The sinks named in `--sinks` (comma-separated; `all`, `none`), checked.
@@ -209,7 +214,11 @@ pub fn estimate(opts: &Options) -> Estimate {
     let sum = |f: &dyn Fn(&Share) -> f64| shares.iter().map(f).sum::<f64>();
     let invocations = sum(&|s| s.invocations);
     let gb_s = sum(&|s| s.invocations * s.billed_ms / 1000.0 * MEMORY_GB);
-    let logs_kb = invocations * PLATFORM_LOG_BYTES / 1e3;
+    let logs_kb = if opts.platform_logs {
+        invocations * PLATFORM_LOG_BYTES / 1e3
+    } else {
+        0.0
+    };
     let api = if opts.function_url { 0.0 } else { 1.0 };
     let line = |item: &str, quantity: f64, floor: f64, unit_per_m: f64| Line {
         item: item.to_owned(),
@@ -255,11 +264,12 @@ pub fn estimate(opts: &Options) -> Estimate {
             sum(&|s| s.s3_puts),
             price::S3_PUT_PER_M,
         ),
-        // A KB per webhook is a GB per million webhooks.
+        // A KB per webhook is a GB per million webhooks. Not in the floor: the lines are
+        // optional (the template's default leaves them out).
         line(
             "CloudWatch Logs, Lambda platform lines (KB)",
             logs_kb,
-            logs_kb,
+            0.0,
             price::LOGS_PER_GB,
         ),
     ];
@@ -282,6 +292,7 @@ pub fn estimate(opts: &Options) -> Estimate {
         usd_per_month: total * months,
         floor_usd_per_month: floor * months,
         budget_per_million: if opts.function_url { 3.50 } else { 4.50 },
+        platform_logs: opts.platform_logs,
     }
 }
 
@@ -349,6 +360,12 @@ impl Estimate {
             out,
             "not counted: storage, data transfer, idle SQS polling (~$0.26 a month per queue), application log lines, the CRM's and Twilio's own charges. docs/cost.md explains each line."
         );
+        if !self.platform_logs {
+            let _ = writeln!(
+                out,
+                "Lambda's START/REPORT lines are off (template parameter PlatformLogLevel=WARN, the default); --platform-logs prices them (INFO)."
+            );
+        }
         out
     }
 }
@@ -374,6 +391,7 @@ mod tests {
             per_month: 3_000_000,
             sinks: parse_sinks("all").unwrap(),
             function_url,
+            platform_logs: false,
         })
     }
 
@@ -396,6 +414,7 @@ mod tests {
             per_month: 1_000_000,
             sinks: Vec::new(),
             function_url: true,
+            platform_logs: false,
         });
         assert_eq!(none.functions, vec!["ingress"]);
         let ddb = none
@@ -408,9 +427,35 @@ mod tests {
             per_month: 1_000_000,
             sinks: parse_sinks("crm").unwrap(),
             function_url: true,
+            platform_logs: false,
         });
         assert!(none.usd_per_million < crm.usd_per_million);
         assert!(crm.usd_per_million < all(true).usd_per_million);
+    }
+
+    #[test]
+    fn platform_lines_are_priced_only_when_kept() {
+        let off = all(true);
+        assert!(!off.lines.iter().any(|l| l.item.contains("platform lines")));
+        let on = estimate(&Options {
+            platform_logs: true,
+            ..Options {
+                per_month: 3_000_000,
+                sinks: parse_sinks("all").unwrap(),
+                function_url: true,
+                platform_logs: false,
+            }
+        });
+        let logs = on
+            .lines
+            .iter()
+            .find(|l| l.item.contains("platform lines"))
+            .unwrap();
+        // 350 bytes for each of ~1.2 invocations per webhook, at $0.50 per GB.
+        assert!(logs.usd_per_million > 0.15 && logs.usd_per_million < 0.30);
+        assert_eq!(logs.floor_usd_per_million, 0.0);
+        assert!((on.usd_per_million - off.usd_per_million - logs.usd_per_million).abs() < 1e-9);
+        assert_eq!(on.floor_usd_per_million, off.floor_usd_per_million);
     }
 
     #[test]
