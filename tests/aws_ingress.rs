@@ -168,7 +168,18 @@ async fn sqs_unreachable_answers_503_releases_the_claim_and_the_retry_succeeds()
 #[tokio::test]
 async fn twenty_concurrent_identical_deliveries_make_exactly_one_message() {
     let env = env().await;
-    let ingress = Arc::new(ingress_with(&env, env.sqs.clone()).await);
+    // DynamoDB checks each conditional write against the item as the previous write to it left
+    // it; moto's threads do not, so its writes reach it one at a time through this proxy. (A
+    // claim made by reading and then writing would still race: reads are not held back.)
+    let proxy = common::proxy::Proxy::start(&common::moto_endpoint(), false).await;
+    proxy.serialize_dynamodb_writes();
+    let via_proxy = Env {
+        ddb: aws_sdk_dynamodb::Client::new(&common::aws_config(&proxy.url).await),
+        sqs: env.sqs.clone(),
+        table: env.table.clone(),
+        queue_url: env.queue_url.clone(),
+    };
+    let ingress = Arc::new(ingress_with(&via_proxy, env.sqs.clone()).await);
     let body = with_handle(&uuid::Uuid::new_v4().to_string());
     let mut tasks = Vec::new();
     for _ in 0..20 {

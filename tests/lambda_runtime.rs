@@ -85,8 +85,14 @@ async fn sqs_event_from(sqs: &aws_sdk_sqs::Client, url: &str, arn: &str) -> serd
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_whole_chain_through_the_runtime_api() {
-    let endpoint = common::moto_endpoint();
-    let conf = common::aws_config(&endpoint).await;
+    let moto = common::moto_endpoint();
+    let conf = common::aws_config(&moto).await;
+    // The functions reach moto through a proxy that hands it one DynamoDB write at a time, as
+    // DynamoDB orders the writes to one item: crm-sync handles a batch's two events of one
+    // message concurrently, and their conditional updates must not interleave inside moto.
+    let proxy = common::proxy::Proxy::start(&moto, false).await;
+    proxy.serialize_dynamodb_writes();
+    let endpoint = proxy.url.clone();
     let ddb = aws_sdk_dynamodb::Client::new(&conf);
     let sqs = aws_sdk_sqs::Client::new(&conf);
     let s3 = aws_sdk_s3::Client::from_conf(

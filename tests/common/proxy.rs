@@ -1,9 +1,11 @@
 //! An HTTP proxy for tests and benchmarks, put between a client and a service (moto, a fake
 //! Twilio or CRM): it forwards every request, counts them by AWS action, and on command injects
 //! a fault into the requests that match: refuse the connection, delay, answer 5xx, or cut the
-//! response in the middle.
+//! response in the middle. On command it also passes DynamoDB's writes to the service one at a
+//! time ([`Proxy::serialize_dynamodb_writes`]).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -45,6 +47,8 @@ struct State {
     counts: Mutex<BTreeMap<String, u64>>,
     rules: Mutex<Vec<Rule>>,
     faults: Mutex<u64>,
+    serialize_dynamodb_writes: AtomicBool,
+    dynamodb_write: tokio::sync::Mutex<()>,
 }
 
 pub struct Proxy {
@@ -125,6 +129,19 @@ impl Proxy {
         }
     }
 
+    /// From now on, forwards one DynamoDB write at a time, each after the previous one's answer.
+    /// DynamoDB applies the writes to an item one after the other, each condition checked
+    /// against the item as the previous write left it; moto's server handles requests on
+    /// concurrent threads without a lock, so two conditional updates of one item racing there
+    /// can both pass their conditions against the same old item, the later write winning. A test
+    /// that runs writes to one item concurrently (a batch's events of one message) asks for
+    /// this, so that it checks bluehook and not that race.
+    pub fn serialize_dynamodb_writes(&self) {
+        self.state
+            .serialize_dynamodb_writes
+            .store(true, Ordering::SeqCst);
+    }
+
     /// Applies `fault` to the next `times` requests whose action contains `action` (all of them
     /// with `None`).
     pub fn inject(&self, action: &str, fault: Fault, times: Option<usize>) {
@@ -153,6 +170,15 @@ impl Proxy {
     pub fn faults(&self) -> u64 {
         *self.state.faults.lock().unwrap()
     }
+}
+
+fn is_dynamodb_write(action: &str) -> bool {
+    action.strip_prefix("DynamoDB_20120810.").is_some_and(|op| {
+        matches!(
+            op,
+            "PutItem" | "UpdateItem" | "DeleteItem" | "BatchWriteItem" | "TransactWriteItems"
+        )
+    })
 }
 
 fn take_fault(state: &State, action: &str) -> Option<Fault> {
@@ -196,6 +222,12 @@ async fn forward(
         .await
         .map_err(std::io::Error::other)?
         .to_bytes();
+    let _one_at_a_time =
+        if state.serialize_dynamodb_writes.load(Ordering::SeqCst) && is_dynamodb_write(&action) {
+            Some(state.dynamodb_write.lock().await)
+        } else {
+            None
+        };
     let url = format!(
         "{upstream}{}",
         parts
