@@ -438,13 +438,10 @@ mod tests {
         let off = all(true);
         assert!(!off.lines.iter().any(|l| l.item.contains("platform lines")));
         let on = estimate(&Options {
+            per_month: 3_000_000,
+            sinks: parse_sinks("all").unwrap(),
+            function_url: true,
             platform_logs: true,
-            ..Options {
-                per_month: 3_000_000,
-                sinks: parse_sinks("all").unwrap(),
-                function_url: true,
-                platform_logs: false,
-            }
         });
         let logs = on
             .lines

@@ -66,6 +66,25 @@ fn message_from(item: &Item, source: &str, handle: &str) -> MessageState {
     }
 }
 
+/// A conditional `UpdateItem`'s answer: the item as written (`ReturnValues` permitting), or
+/// `None` when its condition did not hold: an expected outcome here, not an error.
+async fn conditional(
+    req: aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder,
+) -> Result<Option<Item>, StoreError> {
+    match req.send().await {
+        Ok(out) => Ok(Some(out.attributes.unwrap_or_default())),
+        Err(SdkError::ServiceError(se))
+            if matches!(
+                se.err(),
+                UpdateItemError::ConditionalCheckFailedException(_)
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(err(e)),
+    }
+}
+
 /// A message's item key: `msg#<source>#<handle>`.
 fn message_pk(source: &str, handle: &str) -> String {
     format!("msg#{source}#{handle}")
@@ -138,17 +157,9 @@ impl DynamoState {
         for (k, v) in &values {
             req = req.expression_attribute_values(k, v.clone());
         }
-        match req.send().await {
-            Ok(out) => {
-                let item = out.attributes.unwrap_or_default();
-                Ok((true, message_from(&item, u.source, handle), pushed(&item)))
-            }
-            Err(SdkError::ServiceError(se))
-                if matches!(
-                    se.err(),
-                    UpdateItemError::ConditionalCheckFailedException(_)
-                ) =>
-            {
+        match conditional(req).await? {
+            Some(item) => Ok((true, message_from(&item, u.source, handle), pushed(&item))),
+            None => {
                 // Not forward: keep what this event knows that the item lacks, status untouched.
                 let (sets, values) = Self::keep_first(u);
                 let mut req = self
@@ -180,7 +191,6 @@ impl DynamoState {
                     pushed(&item),
                 ))
             }
-            Err(e) => Err(err(e)),
         }
     }
 
@@ -204,18 +214,8 @@ impl DynamoState {
             expr.push_str(&format!(", {hf} = :h"));
             req = req.expression_attribute_values(":h", s(h));
         }
-        match req.update_expression(expr).send().await {
-            Ok(_) => Ok(()),
-            Err(SdkError::ServiceError(se))
-                if matches!(
-                    se.err(),
-                    UpdateItemError::ConditionalCheckFailedException(_)
-                ) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(err(e)),
-        }
+        // Not later than what is stored: nothing to move.
+        conditional(req.update_expression(expr)).await.map(|_| ())
     }
 
     /// The conversation times `u` moves, each with the handle field set beside it.
@@ -275,23 +275,11 @@ impl DynamoState {
             sets.push("service = :svc".into());
             req = req.expression_attribute_values(":svc", s(&word(&svc)));
         }
-        match req
-            .update_expression(format!("SET {}", sets.join(", ")))
-            .condition_expression(conditions.join(" AND "))
-            .send()
-            .await
-        {
-            Ok(out) => Ok(Some(out.attributes.unwrap_or_default())),
-            Err(SdkError::ServiceError(se))
-                if matches!(
-                    se.err(),
-                    UpdateItemError::ConditionalCheckFailedException(_)
-                ) =>
-            {
-                Ok(None)
-            }
-            Err(e) => Err(err(e)),
-        }
+        conditional(
+            req.update_expression(format!("SET {}", sets.join(", ")))
+                .condition_expression(conditions.join(" AND ")),
+        )
+        .await
     }
 
     async fn apply_conversation(
@@ -414,28 +402,18 @@ impl StateStore for DynamoState {
         let Some(handle) = e.message_handle.as_deref() else {
             return Ok(());
         };
-        let sent = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(&message_pk(&e.source, handle)))
-            .update_expression("SET pushed_event = :eid")
-            .condition_expression("status_event = :eid")
-            .expression_attribute_values(":eid", s(&e.id))
-            .send()
-            .await;
-        match sent {
-            Ok(_) => Ok(()),
-            Err(SdkError::ServiceError(se))
-                if matches!(
-                    se.err(),
-                    UpdateItemError::ConditionalCheckFailedException(_)
-                ) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(err(e)),
-        }
+        // Refused: the event was overtaken meanwhile, and its record is not wanted.
+        conditional(
+            self.client
+                .update_item()
+                .table_name(&self.table)
+                .key("pk", s(&message_pk(&e.source, handle)))
+                .update_expression("SET pushed_event = :eid")
+                .condition_expression("status_event = :eid")
+                .expression_attribute_values(":eid", s(&e.id)),
+        )
+        .await
+        .map(|_| ())
     }
 
     async fn message(
