@@ -28,8 +28,10 @@ pub(crate) fn claim_in(
     state: &str,
     t: ClaimTimes,
 ) -> rusqlite::Result<Held> {
-    let acquired = c
-        .prepare_cached(
+    // `execute` answers how many rows the upsert wrote: 0 when the conflict branch's condition
+    // refused. (No `RETURNING`: SQLite would build a temporary table for it on every claim.)
+    let acquired =
+        c.prepare_cached(
             "INSERT INTO idempotency(key, state, token, event_id, lease_until_ms, expires_at)
              VALUES (?1, ?8, ?2, ?3, ?4, ?5)
              ON CONFLICT(key) DO UPDATE SET
@@ -38,24 +40,18 @@ pub(crate) fn claim_in(
                 lease_until_ms = excluded.lease_until_ms,
                 expires_at = excluded.expires_at
              WHERE idempotency.expires_at <= ?6
-                OR (idempotency.state = 'in_progress' AND idempotency.lease_until_ms <= ?7)
-             RETURNING 1",
+                OR (idempotency.state = 'in_progress' AND idempotency.lease_until_ms <= ?7)",
         )?
-        .query_row(
-            params![
-                key,
-                token,
-                event_id,
-                t.lease_until_ms(),
-                t.expires_at_secs(),
-                t.now_secs(),
-                t.now_ms,
-                state
-            ],
-            |_| Ok(()),
-        )
-        .optional()?
-        .is_some();
+        .execute(params![
+            key,
+            token,
+            event_id,
+            t.lease_until_ms(),
+            t.expires_at_secs(),
+            t.now_secs(),
+            t.now_ms,
+            state
+        ])? == 1;
     if acquired {
         return Ok(Held::Nobody);
     }

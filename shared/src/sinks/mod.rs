@@ -303,19 +303,25 @@ impl Outbox {
         self.db
             .write(move |c| {
                 // Like a receiver that drops a webhook id it has seen: a push repeated after a
-                // crash between recording and completing its effect key is recorded once.
-                c.prepare_cached(
-                    "INSERT INTO outbox(sink, key, payload, created_at_ms)
-                     SELECT ?1, ?2, ?3, ?4
-                     WHERE NOT EXISTS (SELECT 1 FROM outbox WHERE sink = ?1 AND key = ?2)",
-                )?
-                .execute(rusqlite::params![
-                    sink,
-                    key,
-                    payload,
-                    crate::sqlite::now_ms()
-                ])
-                .map(|_| ())
+                // crash between recording and completing its effect key is recorded once. (A
+                // look, then a plain insert, in the same transaction: `INSERT ... SELECT ...
+                // WHERE NOT EXISTS` on the same table would build a temporary table each time.)
+                let seen = c
+                    .prepare_cached("SELECT 1 FROM outbox WHERE sink = ?1 AND key = ?2")?
+                    .exists(rusqlite::params![sink, key])?;
+                if !seen {
+                    c.prepare_cached(
+                        "INSERT INTO outbox(sink, key, payload, created_at_ms)
+                         VALUES (?1, ?2, ?3, ?4)",
+                    )?
+                    .execute(rusqlite::params![
+                        sink,
+                        key,
+                        payload,
+                        crate::sqlite::now_ms()
+                    ])?;
+                }
+                Ok(())
             })
             .await
             .map_err(|e| SinkError::definite(e.to_string()))
