@@ -120,6 +120,10 @@ enum Command {
         /// default, WARN, leaves them out).
         #[arg(long)]
         platform_logs: bool,
+        /// Price crm-sync with `[sinks.crm] receiver_dedupes = true` (the receiver drops a
+        /// repeated webhook-id: pushes are not recorded, two DynamoDB writes per event).
+        #[arg(long)]
+        crm_receiver_dedupes: bool,
         /// One JSON object, for scripts.
         #[arg(long)]
         json: bool,
@@ -238,8 +242,20 @@ async fn main() -> ExitCode {
             sinks,
             function_url,
             platform_logs,
+            crm_receiver_dedupes,
             json,
-        } => cost(per_month, &sinks, function_url, platform_logs, json).map(|_| ExitCode::SUCCESS),
+        } => cost(
+            &sinks,
+            bluehook::cost::Options {
+                per_month,
+                sinks: Vec::new(),
+                function_url,
+                platform_logs,
+                crm_receiver_dedupes,
+            },
+            json,
+        )
+        .map(|_| ExitCode::SUCCESS),
         Command::Stats { data_dir, json } => {
             stats(&data_dir, json).await.map(|_| ExitCode::SUCCESS)
         }
@@ -655,20 +671,10 @@ async fn stats(data_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn cost(
-    per_month: u64,
-    sinks: &str,
-    function_url: bool,
-    platform_logs: bool,
-    json: bool,
-) -> anyhow::Result<()> {
+/// `opts` with the sinks named in `sinks` (`--sinks`).
+fn cost(sinks: &str, opts: bluehook::cost::Options, json: bool) -> anyhow::Result<()> {
     let sinks = bluehook::cost::parse_sinks(sinks).map_err(anyhow::Error::msg)?;
-    let estimate = bluehook::cost::estimate(&bluehook::cost::Options {
-        per_month,
-        sinks,
-        function_url,
-        platform_logs,
-    });
+    let estimate = bluehook::cost::estimate(&bluehook::cost::Options { sinks, ..opts });
     if json {
         println!("{}", serde_json::to_string_pretty(&estimate)?);
     } else {

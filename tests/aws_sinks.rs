@@ -89,8 +89,13 @@ fn retry() -> RetryPolicy {
 }
 
 async fn crm_sync(t: &Tables, url: &str) -> SqsDeliveries<Redrive> {
+    crm_sync_with(t, url, "").await
+}
+
+/// crm-sync with the `http` adapter, `extra` added to its section.
+async fn crm_sync_with(t: &Tables, url: &str, extra: &str) -> SqsDeliveries<Redrive> {
     let section: toml::Value = toml::from_str(&format!(
-        "adapter = \"http\"\nurl = \"{url}/hooks/{CRM_PATH_TOKEN}\"\nsecret = \"{CRM_SECRET}\""
+        "adapter = \"http\"\nurl = \"{url}/hooks/{CRM_PATH_TOKEN}\"\nsecret = \"{CRM_SECRET}\"\n{extra}"
     ))
     .unwrap();
     SqsDeliveries::sink(Arc::new(Deliverer::new(
@@ -393,34 +398,42 @@ async fn a_crm_behind_refused_connections_gets_the_push_once_it_is_reachable() {
     common::leaks::assert_no_secret(NEVER_SHOWN);
 }
 
-/// crm-sync's DynamoDB writes, counted on the wire: an in-order message event pushed to the
-/// `http` adapter costs three (its message's state, its conversation, the push recorded on the
-/// message); a redelivery is answered by its state update that the push is done: no push.
-#[tokio::test]
-async fn an_in_order_message_event_costs_crm_sync_three_dynamodb_writes() {
-    use common::proxy::Proxy;
+/// DynamoDB writes (PutItem, UpdateItem, DeleteItem) counted by `proxy`.
+fn dynamodb_writes(proxy: &common::proxy::Proxy) -> u64 {
+    proxy
+        .counts()
+        .iter()
+        .filter(|(action, _)| {
+            action.ends_with(".PutItem")
+                || action.ends_with(".UpdateItem")
+                || action.ends_with(".DeleteItem")
+        })
+        .map(|(_, n)| n)
+        .sum()
+}
+
+/// The tables, reached through a proxy that counts each AWS request.
+async fn counted_tables() -> (Tables, common::proxy::Proxy) {
     let t = tables().await;
-    let proxy = Proxy::start(&common::moto_endpoint(), false).await;
+    let proxy = common::proxy::Proxy::start(&common::moto_endpoint(), false).await;
     let conf = common::aws_config(&proxy.url).await;
     let counted = Tables {
         ddb: aws_sdk_dynamodb::Client::new(&conf),
         state: t.state.clone(),
         effects: t.effects.clone(),
     };
+    (counted, proxy)
+}
+
+/// crm-sync's DynamoDB writes, counted on the wire: an in-order message event pushed to the
+/// `http` adapter costs three (its message's state, its conversation, the push recorded on the
+/// message); a redelivery is answered by its state update that the push is done: no push.
+#[tokio::test]
+async fn an_in_order_message_event_costs_crm_sync_three_dynamodb_writes() {
+    let (counted, proxy) = counted_tables().await;
     let crm_server = FakeHttp::start(|_, _| (200, "{}".into())).await;
     let crm = crm_sync(&counted, &crm_server.url).await;
-    let writes = |proxy: &Proxy| -> u64 {
-        proxy
-            .counts()
-            .iter()
-            .filter(|(action, _)| {
-                action.ends_with(".PutItem")
-                    || action.ends_with(".UpdateItem")
-                    || action.ends_with(".DeleteItem")
-            })
-            .map(|(_, n)| n)
-            .sum()
-    };
+    let writes = dynamodb_writes;
     let events = [
         event("w1", MessageStatus::Sent, "SENT", Some("hello")),
         event("w1", MessageStatus::Delivered, "DELIVERED", None),
@@ -449,4 +462,60 @@ async fn an_in_order_message_event_costs_crm_sync_three_dynamodb_writes() {
         "a redelivery pushes nothing"
     );
     assert!(writes(&proxy) <= 4, "{:?}", proxy.counts());
+}
+
+/// `receiver_dedupes = true`: the push is not recorded, two writes per in-order message event
+/// (its message's state, its conversation). A redelivered event reaches the receiver again with
+/// the same `webhook-id` (for it to drop); a stale event still pushes nothing.
+#[tokio::test]
+async fn a_receiver_that_dedupes_makes_it_two_dynamodb_writes_and_gets_redeliveries_by_the_same_id()
+{
+    let (counted, proxy) = counted_tables().await;
+    let crm_server = FakeHttp::start(|_, _| (200, "{}".into())).await;
+    let crm = crm_sync_with(&counted, &crm_server.url, "receiver_dedupes = true").await;
+    let events = [
+        event("d1", MessageStatus::Sent, "SENT", Some("hello")),
+        event("d1", MessageStatus::Delivered, "DELIVERED", None),
+        event("d1", MessageStatus::Read, "READ", None),
+    ];
+    for (i, e) in events.iter().enumerate() {
+        proxy.reset_counts();
+        assert!(crm
+            .handle(sqs_event(std::slice::from_ref(e)))
+            .await
+            .batch_item_failures
+            .is_empty());
+        assert_eq!(
+            dynamodb_writes(&proxy),
+            2,
+            "event {i}: {:?}",
+            proxy.counts()
+        );
+    }
+    assert_eq!(crm_server.requests().len(), 3);
+    let id_of = |r: &common::fake::Captured| r.headers.get("webhook-id").cloned();
+
+    // SQS redelivers READ: pushed again, under the id the receiver has seen.
+    assert!(crm
+        .handle(sqs_event(&events[2..]))
+        .await
+        .batch_item_failures
+        .is_empty());
+    let got = crm_server.requests();
+    assert_eq!(got.len(), 4, "a redelivery is pushed again");
+    assert!(id_of(&got[3]).is_some());
+    assert_eq!(id_of(&got[3]), id_of(&got[2]), "the same webhook-id");
+
+    // A stale SENT (READ is further on): nothing pushed.
+    let stale = event("d1", MessageStatus::Sent, "SENT-again", None);
+    assert!(crm
+        .handle(sqs_event(&[stale]))
+        .await
+        .batch_item_failures
+        .is_empty());
+    assert_eq!(
+        crm_server.requests().len(),
+        4,
+        "a stale event pushes nothing"
+    );
 }

@@ -94,6 +94,9 @@ const CRM: Share = Share {
 };
 /// Measured DynamoDB writes per crm-sync event (`scripts/bench-aws.sh`).
 pub const CRM_WRITES_PER_EVENT: f64 = 3.0;
+/// With `receiver_dedupes = true`: the message state and the conversation (`tests/aws_sinks.rs`
+/// counts them); the floor of that guarantee too.
+pub const CRM_WRITES_PER_EVENT_RECEIVER_DEDUPES: f64 = 2.0;
 /// sms-fallback: 2% of webhooks are failed iMessages, sent by the router one by one and taken
 /// in batches (two invocations per 1,000 webhooks here); each SMS is sent once (claim +
 /// completion).
@@ -141,6 +144,8 @@ pub struct Options {
     pub function_url: bool,
     /// Lambda's own START/REPORT lines kept (`PlatformLogLevel=INFO`).
     pub platform_logs: bool,
+    /// `[sinks.crm] receiver_dedupes = true`: pushes not recorded done (two writes per event).
+    pub crm_receiver_dedupes: bool,
 }
 
 /// One line of the bill.
@@ -170,6 +175,8 @@ pub struct Estimate {
     pub budget_per_million: f64,
     /// Lambda's START/REPORT lines priced (`PlatformLogLevel=INFO`).
     pub platform_logs: bool,
+    /// crm-sync priced with `receiver_dedupes = true`.
+    pub crm_receiver_dedupes: bool,
 }
 
 /// The sinks named in `--sinks` (comma-separated; `all`, `none`), checked.
@@ -202,7 +209,18 @@ pub fn estimate(opts: &Options) -> Estimate {
         shares.push(ROUTER);
     }
     for (name, share) in [
-        ("crm", CRM),
+        (
+            "crm",
+            if opts.crm_receiver_dedupes {
+                Share {
+                    ddb_writes: CRM_WRITES_PER_EVENT_RECEIVER_DEDUPES,
+                    ddb_writes_floor: CRM_WRITES_PER_EVENT_RECEIVER_DEDUPES,
+                    ..CRM
+                }
+            } else {
+                CRM
+            },
+        ),
         ("sms_fallback", SMS),
         ("analytics", ANALYTICS),
         ("media", MEDIA),
@@ -293,6 +311,7 @@ pub fn estimate(opts: &Options) -> Estimate {
         floor_usd_per_month: floor * months,
         budget_per_million: if opts.function_url { 3.50 } else { 4.50 },
         platform_logs: opts.platform_logs,
+        crm_receiver_dedupes: opts.crm_receiver_dedupes,
     }
 }
 
@@ -352,9 +371,14 @@ impl Estimate {
             "budget with every sink on, {}: ${:.2} per million ({verdict})",
             self.front, self.budget_per_million
         );
+        let once = if self.crm_receiver_dedupes {
+            "each CRM push once at a receiver that drops a repeated webhook-id: [sinks.crm] receiver_dedupes = true"
+        } else {
+            "each CRM push once, even when SQS redelivers"
+        };
         let _ = writeln!(
             out,
-            "floor: the fewest AWS requests the same guarantees need (the ingress's claim, enqueue and completion; each CRM push once)."
+            "floor: the fewest AWS requests the same guarantees need (the ingress's claim, enqueue and completion; {once})."
         );
         let _ = writeln!(
             out,
@@ -392,6 +416,7 @@ mod tests {
             sinks: parse_sinks("all").unwrap(),
             function_url,
             platform_logs: false,
+            crm_receiver_dedupes: false,
         })
     }
 
@@ -415,6 +440,7 @@ mod tests {
             sinks: Vec::new(),
             function_url: true,
             platform_logs: false,
+            crm_receiver_dedupes: false,
         });
         assert_eq!(none.functions, vec!["ingress"]);
         let ddb = none
@@ -428,6 +454,7 @@ mod tests {
             sinks: parse_sinks("crm").unwrap(),
             function_url: true,
             platform_logs: false,
+            crm_receiver_dedupes: false,
         });
         assert!(none.usd_per_million < crm.usd_per_million);
         assert!(crm.usd_per_million < all(true).usd_per_million);
@@ -442,6 +469,7 @@ mod tests {
             sinks: parse_sinks("all").unwrap(),
             function_url: true,
             platform_logs: true,
+            crm_receiver_dedupes: false,
         });
         let logs = on
             .lines
@@ -453,6 +481,35 @@ mod tests {
         assert_eq!(logs.floor_usd_per_million, 0.0);
         assert!((on.usd_per_million - off.usd_per_million - logs.usd_per_million).abs() < 1e-9);
         assert_eq!(on.floor_usd_per_million, off.floor_usd_per_million);
+    }
+
+    #[test]
+    fn a_receiver_that_dedupes_saves_one_write_per_crm_event() {
+        let dedupes = |function_url| {
+            estimate(&Options {
+                per_month: 3_000_000,
+                sinks: parse_sinks("all").unwrap(),
+                function_url,
+                platform_logs: false,
+                crm_receiver_dedupes: true,
+            })
+        };
+        for function_url in [true, false] {
+            let (kept, dropped) = (all(function_url), dedupes(function_url));
+            let writes = |e: &Estimate| {
+                e.lines
+                    .iter()
+                    .find(|l| l.item.starts_with("DynamoDB"))
+                    .map(|l| (l.quantity, l.floor_quantity))
+                    .unwrap()
+            };
+            // One write fewer per message event (every webhook of the workload), at $0.625/M.
+            assert!((writes(&kept).0 - writes(&dropped).0 - 1.0).abs() < 1e-9);
+            assert!((writes(&kept).1 - writes(&dropped).1 - 1.0).abs() < 1e-9);
+            assert!((kept.usd_per_million - dropped.usd_per_million - 0.625).abs() < 1e-9);
+        }
+        assert!(dedupes(true).render().contains("receiver_dedupes = true"));
+        assert!(!all(true).render().contains("receiver_dedupes"));
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! A stale event (a status that does not move its message forward) changes nothing and pushes
 //! nothing. A push claims `effect:crm:<event key>` first, so a redelivery does not push again;
 //! on AWS a message event's push to the `http` adapter is recorded on the message's state item
-//! instead (the state update is its claim), two DynamoDB writes fewer.
+//! instead (the state update is its claim), two DynamoDB writes fewer, and with
+//! `receiver_dedupes = true` not recorded at all (one more fewer: a redelivery pushes again, with
+//! the same `webhook-id`, for the receiver to drop).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +32,10 @@ pub enum CrmAdapter {
         client: reqwest::Client,
         url: String,
         key: Vec<u8>,
+        /// `receiver_dedupes = true`: the receiver drops a `webhook-id` it has seen, so a push
+        /// need not be recorded done (on AWS, one DynamoDB write fewer per message event); a
+        /// redelivered event may then reach the receiver again, with the same `webhook-id`.
+        receiver_dedupes: bool,
     },
     HubSpot {
         client: reqwest::Client,
@@ -59,6 +65,7 @@ impl CrmAdapter {
                     client: http_client(timeout),
                     url,
                     key,
+                    receiver_dedupes: s.bool("receiver_dedupes")?.unwrap_or(false),
                 }
             }
             Some("hubspot") => CrmAdapter::HubSpot {
@@ -118,7 +125,9 @@ impl CrmAdapter {
                 .await?;
                 Ok(None)
             }
-            CrmAdapter::Http { client, url, key } => {
+            CrmAdapter::Http {
+                client, url, key, ..
+            } => {
                 let body =
                     serde_json::to_vec(&Self::payload(event, applied, media)).expect("serialises");
                 let ts = chrono::Utc::now().timestamp();
@@ -369,16 +378,24 @@ impl Target for CrmSync {
         // message (DynamoDB): the state update just made is the claim (it names this event),
         // and the push is recorded on the same item, two writes fewer than an effect key. Two
         // copies under way at once can both push: the receiver drops one by its `webhook-id`.
-        // HubSpot (a communication per call) and the local outbox keep the effect key.
+        // HubSpot (a communication per call) and the local outbox keep the effect key. With
+        // `receiver_dedupes` the push is not recorded at all: a redelivery pushes again.
         let own_record = applied.message.is_some()
             && self.state.records_pushes()
             && matches!(self.adapter, CrmAdapter::Http { .. });
         if own_record && applied.pushed {
             return Ok(Planned::AlreadyDone);
         }
+        let receiver_dedupes = matches!(
+            self.adapter,
+            CrmAdapter::Http {
+                receiver_dedupes: true,
+                ..
+            }
+        );
         let work = CrmWork {
             applied,
-            record_push: own_record,
+            record_push: own_record && !receiver_dedupes,
         };
         Ok(if own_record {
             Planned::Unclaimed { work }
@@ -435,6 +452,45 @@ mod tests {
     use crate::sqlite::Db;
     use crate::state::contract::ev;
     use crate::state::sqlite::SqliteState;
+
+    #[tokio::test]
+    async fn receiver_dedupes_is_a_setting_of_the_http_adapter_only() {
+        let adapter = |extra: &str| {
+            let section: toml::Value = toml::from_str(&format!(
+                "adapter = \"http\"\nurl = \"http://127.0.0.1:9/crm\"\nsecret = \"s3cr3t\"\n{extra}"
+            ))
+            .unwrap();
+            async move { CrmAdapter::from_config(&section, None, None).await }
+        };
+        let dedupes = |a: &CrmAdapter| match a {
+            CrmAdapter::Http {
+                receiver_dedupes, ..
+            } => *receiver_dedupes,
+            _ => panic!("not the http adapter"),
+        };
+        assert!(!dedupes(&adapter("").await.unwrap()), "off unless set");
+        assert!(dedupes(&adapter("receiver_dedupes = true").await.unwrap()));
+        let wrong = adapter("receiver_dedupes = \"yes\"").await.err().unwrap();
+        assert!(
+            wrong
+                .to_string()
+                .contains("`receiver_dedupes` must be true or false"),
+            "{wrong}"
+        );
+        let hubspot: toml::Value =
+            toml::from_str("adapter = \"hubspot\"\ntoken = \"t\"\nreceiver_dedupes = true")
+                .unwrap();
+        let refused = CrmAdapter::from_config(&hubspot, None, None)
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            refused
+                .to_string()
+                .contains("unknown setting `receiver_dedupes`"),
+            "{refused}"
+        );
+    }
 
     #[tokio::test]
     async fn latencies_and_once_only_pushes_into_the_outbox() {
