@@ -21,7 +21,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
 /// Most writes one transaction takes before it commits.
@@ -94,18 +94,25 @@ pub struct Db {
     path: PathBuf,
 }
 
-const SCHEMA: &str = "
+/// Idempotency and effect keys. Rows in the order they were claimed (rowid), found by key through
+/// its unique index: a new key adds its row to the table's last page (shared with the keys
+/// claimed with it) and one small entry to the key index, and the expiry index grows at its
+/// end. (Keyed by `key` itself, each claim rewrote a page at a random place in a tree of whole
+/// rows, and each expiry entry landed among the second's others: a third of the pages written.)
+const IDEMPOTENCY_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS idempotency (
-    key TEXT PRIMARY KEY,
+    key TEXT NOT NULL UNIQUE,
     state TEXT NOT NULL,            -- 'in_progress' | 'completed'
     token TEXT NOT NULL,
     event_id TEXT,
     lease_until_ms INTEGER NOT NULL,
     expires_at INTEGER NOT NULL,    -- Unix seconds
     result TEXT                     -- what an effect produced (sinks' effect keys)
-) WITHOUT ROWID;
+);
 CREATE INDEX IF NOT EXISTS idempotency_expiry ON idempotency(expires_at);
+";
 
+const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS queue_messages (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     queue TEXT NOT NULL,
@@ -262,7 +269,8 @@ fn open_connection(path: &Path) -> Result<Connection, DbError> {
     Ok(conn)
 }
 
-/// Brings a data folder written by an earlier version up to this schema: columns added since.
+/// Brings a data folder written by an earlier version up to this schema: columns added since,
+/// and the keys' table as it is now.
 fn migrate(conn: &Connection) -> Result<(), DbError> {
     let has_detail = conn
         .prepare("SELECT 1 FROM pragma_table_info('delivery_attempts') WHERE name = 'detail'")?
@@ -270,7 +278,49 @@ fn migrate(conn: &Connection) -> Result<(), DbError> {
     if !has_detail {
         conn.execute_batch("ALTER TABLE delivery_attempts ADD COLUMN detail TEXT")?;
     }
-    Ok(())
+    migrate_keys(conn)
+}
+
+/// Whether the keys' table is the earlier one, keyed by `key` (`WITHOUT ROWID`).
+fn keys_keyed_by_key(conn: &Connection) -> Result<bool, DbError> {
+    let sql: Option<String> = conn
+        .query_row(
+            "SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = 'idempotency'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(sql.is_some_and(|sql| sql.to_ascii_uppercase().contains("WITHOUT ROWID")))
+}
+
+/// Moves every key of the earlier table into the current one, in one transaction (another
+/// process opening the folder at the same time finds it done).
+fn migrate_keys(conn: &Connection) -> Result<(), DbError> {
+    if !keys_keyed_by_key(conn)? {
+        return Ok(());
+    }
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let moved = keys_keyed_by_key(conn).and_then(|old| {
+        if old {
+            conn.execute_batch(&format!(
+                "ALTER TABLE idempotency RENAME TO idempotency_by_key;
+                 DROP INDEX IF EXISTS idempotency_expiry;
+                 {IDEMPOTENCY_SCHEMA}
+                 INSERT INTO idempotency(key, state, token, event_id, lease_until_ms, expires_at, result)
+                     SELECT key, state, token, event_id, lease_until_ms, expires_at, result
+                     FROM idempotency_by_key ORDER BY expires_at;
+                 DROP TABLE idempotency_by_key;"
+            ))?;
+        }
+        Ok(())
+    });
+    match moved {
+        Ok(()) => Ok(conn.execute_batch("COMMIT")?),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
 }
 
 impl Db {
@@ -281,6 +331,7 @@ impl Db {
         }
         let conn = open_connection(path)?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(IDEMPOTENCY_SCHEMA)?;
         migrate(&conn)?;
         let (tx, rx) = mpsc::channel::<Job>();
         let counters = PendingCounters::default();
@@ -670,6 +721,87 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(n, 199);
+    }
+
+    /// A data folder from before keeps every key, in the current table.
+    #[tokio::test]
+    async fn keys_of_an_earlier_data_folder_move_to_the_current_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE idempotency (
+                    key TEXT PRIMARY KEY, state TEXT NOT NULL, token TEXT NOT NULL,
+                    event_id TEXT, lease_until_ms INTEGER NOT NULL,
+                    expires_at INTEGER NOT NULL, result TEXT
+                 ) WITHOUT ROWID;
+                 CREATE INDEX idempotency_expiry ON idempotency(expires_at);
+                 INSERT INTO idempotency VALUES
+                    ('sendblue:msg:a:SENT', 'completed', 't1', 'evt_a', 0, 4000000000, NULL),
+                    ('effect:crm:b', 'in_progress', 't2', 'evt_b', 5, 4000000001, 'r');",
+            )
+            .unwrap();
+        }
+        let db = Db::open(&path).unwrap();
+        let (sql, rows, uses_expiry) = db
+            .read(|c| {
+                let sql: String = c.query_row(
+                    "SELECT sql FROM sqlite_schema WHERE name = 'idempotency'",
+                    [],
+                    |r| r.get(0),
+                )?;
+                let rows: Vec<(String, String, String, Option<String>)> = c
+                    .prepare("SELECT key, state, event_id, result FROM idempotency ORDER BY key")?
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                    .collect::<Result<_, _>>()?;
+                let plan: String = c.query_row(
+                    "EXPLAIN QUERY PLAN SELECT key FROM idempotency WHERE expires_at <= 5",
+                    [],
+                    |r| r.get(3),
+                )?;
+                Ok((sql, rows, plan.contains("idempotency_expiry")))
+            })
+            .await
+            .unwrap();
+        assert!(!sql.contains("WITHOUT ROWID"), "{sql}");
+        assert_eq!(
+            rows,
+            vec![
+                (
+                    "effect:crm:b".into(),
+                    "in_progress".into(),
+                    "evt_b".into(),
+                    Some("r".into())
+                ),
+                (
+                    "sendblue:msg:a:SENT".into(),
+                    "completed".into(),
+                    "evt_a".into(),
+                    None
+                ),
+            ]
+        );
+        assert!(uses_expiry, "the expiry index is there");
+        // The key is still unique: a second insert of it is refused.
+        let again = db
+            .write(|c| {
+                c.execute(
+                    "INSERT INTO idempotency(key, state, token, lease_until_ms, expires_at)
+                     VALUES ('sendblue:msg:a:SENT', 'in_progress', 't3', 0, 1)",
+                    [],
+                )
+            })
+            .await;
+        assert!(again.is_err(), "{again:?}");
+        drop(db);
+        // Opening it again changes nothing.
+        let db = Db::open(&path).unwrap();
+        let n: i64 = db
+            .read(|c| c.query_row("SELECT count(*) FROM idempotency", [], |r| r.get(0)))
+            .await
+            .unwrap();
+        assert_eq!(n, 2);
     }
 
     /// An ack write does not wait for the downstream writes queued before it.
