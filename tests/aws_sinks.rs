@@ -398,18 +398,28 @@ async fn a_crm_behind_refused_connections_gets_the_push_once_it_is_reachable() {
     common::leaks::assert_no_secret(NEVER_SHOWN);
 }
 
-/// DynamoDB writes (PutItem, UpdateItem, DeleteItem) counted by `proxy`.
-fn dynamodb_writes(proxy: &common::proxy::Proxy) -> u64 {
-    proxy
-        .counts()
-        .iter()
-        .filter(|(action, _)| {
-            action.ends_with(".PutItem")
-                || action.ends_with(".UpdateItem")
-                || action.ends_with(".DeleteItem")
-        })
-        .map(|(_, n)| n)
-        .sum()
+/// Hands `events` to crm-sync one batch each: every one handled, each costing `writes`
+/// DynamoDB writes.
+async fn each_costs(
+    crm: &SqsDeliveries<Redrive>,
+    proxy: &common::proxy::Proxy,
+    events: &[Event],
+    writes: u64,
+) {
+    for (i, e) in events.iter().enumerate() {
+        proxy.reset_counts();
+        assert!(crm
+            .handle(sqs_event(std::slice::from_ref(e)))
+            .await
+            .batch_item_failures
+            .is_empty());
+        assert_eq!(
+            proxy.dynamodb_writes(),
+            writes,
+            "event {i}: {:?}",
+            proxy.counts()
+        );
+    }
 }
 
 /// The tables, reached through a proxy that counts each AWS request.
@@ -433,22 +443,12 @@ async fn an_in_order_message_event_costs_crm_sync_three_dynamodb_writes() {
     let (counted, proxy) = counted_tables().await;
     let crm_server = FakeHttp::start(|_, _| (200, "{}".into())).await;
     let crm = crm_sync(&counted, &crm_server.url).await;
-    let writes = dynamodb_writes;
     let events = [
         event("w1", MessageStatus::Sent, "SENT", Some("hello")),
         event("w1", MessageStatus::Delivered, "DELIVERED", None),
         event("w1", MessageStatus::Read, "READ", None),
     ];
-    for (i, e) in events.iter().enumerate() {
-        proxy.reset_counts();
-        let batch = [e.clone()];
-        assert!(crm
-            .handle(sqs_event(&batch))
-            .await
-            .batch_item_failures
-            .is_empty());
-        assert_eq!(writes(&proxy), 3, "event {i}: {:?}", proxy.counts());
-    }
+    each_costs(&crm, &proxy, &events, 3).await;
     assert_eq!(crm_server.requests().len(), 3);
     proxy.reset_counts();
     assert!(crm
@@ -461,7 +461,7 @@ async fn an_in_order_message_event_costs_crm_sync_three_dynamodb_writes() {
         3,
         "a redelivery pushes nothing"
     );
-    assert!(writes(&proxy) <= 4, "{:?}", proxy.counts());
+    assert!(proxy.dynamodb_writes() <= 4, "{:?}", proxy.counts());
 }
 
 /// `receiver_dedupes = true`: the push is not recorded, two writes per in-order message event
@@ -478,20 +478,7 @@ async fn a_receiver_that_dedupes_makes_it_two_dynamodb_writes_and_gets_redeliver
         event("d1", MessageStatus::Delivered, "DELIVERED", None),
         event("d1", MessageStatus::Read, "READ", None),
     ];
-    for (i, e) in events.iter().enumerate() {
-        proxy.reset_counts();
-        assert!(crm
-            .handle(sqs_event(std::slice::from_ref(e)))
-            .await
-            .batch_item_failures
-            .is_empty());
-        assert_eq!(
-            dynamodb_writes(&proxy),
-            2,
-            "event {i}: {:?}",
-            proxy.counts()
-        );
-    }
+    each_costs(&crm, &proxy, &events, 2).await;
     assert_eq!(crm_server.requests().len(), 3);
     let id_of = |r: &common::fake::Captured| r.headers.get("webhook-id").cloned();
 

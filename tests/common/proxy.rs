@@ -166,6 +166,16 @@ impl Proxy {
         self.state.counts.lock().unwrap().clear();
     }
 
+    /// DynamoDB writes counted (PutItem, UpdateItem, DeleteItem, BatchWriteItem,
+    /// TransactWriteItems).
+    pub fn dynamodb_writes(&self) -> u64 {
+        self.counts()
+            .iter()
+            .filter(|(action, _)| is_dynamodb_write(action))
+            .map(|(_, n)| n)
+            .sum()
+    }
+
     /// How many requests got a fault.
     pub fn faults(&self) -> u64 {
         *self.state.faults.lock().unwrap()
