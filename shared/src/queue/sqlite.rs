@@ -130,23 +130,23 @@ impl SqliteQueue {
                 let now = now_ms();
                 // Only messages received before can be due for the DLQ; `receive_count > 0`
                 // lets this use the partial index of those instead of walking the backlog.
-                // Looked for first: the move rewrites columns of the index it searches, so
-                // SQLite runs it in two passes over a temporary table, built even when no
-                // message is due (nearly always).
-                let due_for_dlq = c
+                // Found first, then moved one by one by row: one `UPDATE` searching the index
+                // whose columns it rewrites would run in two passes over a temporary table,
+                // built even when no message is due (nearly always).
+                let due: Vec<i64> = c
                     .prepare_cached(
-                        "SELECT 1 FROM queue_messages
+                        "SELECT seq FROM queue_messages
                          WHERE queue = ?1 AND receive_count > 0 AND visible_at_ms <= ?2
-                           AND receive_count >= ?3 LIMIT 1",
+                           AND receive_count >= ?3",
                     )?
-                    .exists(params![name, now, max_receives])?;
-                if due_for_dlq {
-                    c.prepare_cached(
-                        "UPDATE queue_messages SET queue = ?2, receive_count = 0, receipt = NULL
-                         WHERE queue = ?1 AND receive_count > 0 AND visible_at_ms <= ?3
-                           AND receive_count >= ?4",
-                    )?
-                    .execute(params![name, dlq, now, max_receives])?;
+                    .query_map(params![name, now, max_receives], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                let mut to_dlq = c.prepare_cached(
+                    "UPDATE queue_messages SET queue = ?2, receive_count = 0, receipt = NULL
+                     WHERE seq = ?1",
+                )?;
+                for seq in due {
+                    to_dlq.execute(params![seq, dlq])?;
                 }
                 let mut select = c.prepare_cached(
                     "SELECT seq, message_id, body, receive_count FROM queue_messages
