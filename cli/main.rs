@@ -244,18 +244,21 @@ async fn main() -> ExitCode {
             platform_logs,
             crm_receiver_dedupes,
             json,
-        } => cost(
-            &sinks,
-            bluehook::cost::Options {
-                per_month,
-                sinks: Vec::new(),
-                function_url,
-                platform_logs,
-                crm_receiver_dedupes,
-            },
-            json,
-        )
-        .map(|_| ExitCode::SUCCESS),
+        } => bluehook::cost::parse_sinks(&sinks)
+            .map_err(anyhow::Error::msg)
+            .and_then(|sinks| {
+                cost(
+                    &bluehook::cost::Options {
+                        per_month,
+                        sinks,
+                        function_url,
+                        platform_logs,
+                        crm_receiver_dedupes,
+                    },
+                    json,
+                )
+            })
+            .map(|_| ExitCode::SUCCESS),
         Command::Stats { data_dir, json } => {
             stats(&data_dir, json).await.map(|_| ExitCode::SUCCESS)
         }
@@ -671,10 +674,8 @@ async fn stats(data_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `opts` with the sinks named in `sinks` (`--sinks`).
-fn cost(sinks: &str, opts: bluehook::cost::Options, json: bool) -> anyhow::Result<()> {
-    let sinks = bluehook::cost::parse_sinks(sinks).map_err(anyhow::Error::msg)?;
-    let estimate = bluehook::cost::estimate(&bluehook::cost::Options { sinks, ..opts });
+fn cost(opts: &bluehook::cost::Options, json: bool) -> anyhow::Result<()> {
+    let estimate = bluehook::cost::estimate(opts);
     if json {
         println!("{}", serde_json::to_string_pretty(&estimate)?);
     } else {
