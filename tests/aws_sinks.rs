@@ -129,7 +129,10 @@ async fn sms_fallback(t: &Tables, url: &str) -> SqsDeliveries<Redrive> {
 
 #[tokio::test]
 async fn a_redelivered_batch_pushes_no_second_crm_update_and_sends_no_second_sms() {
-    let t = tables().await;
+    // ERROR and FAILED of one message are written concurrently: one at a time on the way to
+    // moto, as DynamoDB applies them (`Proxy::serialize_dynamodb_writes`).
+    let (t, proxy) = counted_tables().await;
+    proxy.serialize_dynamodb_writes();
     let crm_server = FakeHttp::start(|_, _| (200, "{}".into())).await;
     let twilio = FakeHttp::start(twilio_ok).await;
     let crm = crm_sync(&t, &crm_server.url).await;
@@ -505,4 +508,110 @@ async fn a_receiver_that_dedupes_makes_it_two_dynamodb_writes_and_gets_redeliver
         4,
         "a stale event pushes nothing"
     );
+}
+
+/// The router packs what it sends a sink's queue: one SQS message holds many events; crm-sync
+/// pushes each once, and a pack with one failed push comes back whole without the others being
+/// pushed again.
+#[tokio::test]
+async fn routed_events_reach_crm_sync_in_packs_and_a_pack_retried_for_one_push_repeats_none() {
+    use bluehook::processing::{Processor, Record};
+    use bluehook::queue::{sqs::SqsQueue, Queue};
+    use bluehook::router::Router;
+    use bluehook::routing::{Destination, Routes};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    // A pack's events share a conversation, written concurrently: one at a time on the way to
+    // moto, as DynamoDB applies them.
+    let (t, proxy) = counted_tables().await;
+    proxy.serialize_dynamodb_writes();
+    let sqs = aws_sdk_sqs::Client::new(&common::aws_config(&common::moto_endpoint()).await);
+    let url = common::create_queue(&sqs, &common::unique("crm")).await;
+    let failed_once = Arc::new(AtomicBool::new(false));
+    let crm_server = FakeHttp::start({
+        let failed_once = failed_once.clone();
+        move |req, _| {
+            if req.json()["event"]["message_handle"] == "h-bad"
+                && !failed_once.swap(true, Ordering::SeqCst)
+            {
+                (500, "{}".into())
+            } else {
+                (200, "{}".into())
+            }
+        }
+    })
+    .await;
+    let crm = crm_sync(&t, &crm_server.url).await;
+
+    let mut queues: std::collections::BTreeMap<Destination, Arc<dyn Queue>> = Default::default();
+    queues.insert(
+        Destination::Crm,
+        Arc::new(SqsQueue::packing(sqs.clone(), &url)),
+    );
+    let router = Router::new(
+        Routes::defaults(),
+        queues,
+        Arc::new(MemoryMetrics::default()),
+    );
+    let events: Vec<Event> = (0..25)
+        .map(|i| {
+            let handle = if i == 7 {
+                "h-bad".into()
+            } else {
+                format!("h-pack-{i}")
+            };
+            event(&handle, MessageStatus::Sent, "SENT", Some("x"))
+        })
+        .collect();
+    let records: Vec<Record> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| Record {
+            id: format!("in{i}"),
+            body: e.to_json(),
+            receive_count: 1,
+        })
+        .collect();
+    assert!(router.process(records).await.is_empty());
+
+    // The 25 events are one message on the crm queue.
+    let queue = SqsQueue::new(sqs.clone(), &url);
+    let received = queue.receive(10, Duration::from_secs(1)).await.unwrap();
+    assert_eq!(received.len(), 1, "one pack");
+    assert_eq!(Event::all_from_json(&received[0].body).unwrap(), events);
+    let as_sqs = |count: u32| -> SqsEvent {
+        serde_json::from_value(serde_json::json!({"Records": [{
+            "messageId": received[0].message_id, "receiptHandle": received[0].receipt,
+            "body": received[0].body, "attributes": {"ApproximateReceiveCount": count.to_string()},
+            "messageAttributes": {}, "md5OfBody": "", "eventSource": "aws:sqs",
+            "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:q", "awsRegion": "us-east-1"
+        }]}))
+        .unwrap()
+    };
+
+    // One push fails: the pack stays on the queue, the other 24 are pushed.
+    let first = crm.handle(as_sqs(1)).await;
+    let kept: Vec<_> = first
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.clone())
+        .collect();
+    assert_eq!(kept, vec![received[0].message_id.clone()]);
+    assert_eq!(crm_server.requests().len(), 25);
+    // Redelivered whole: only the failed one is pushed.
+    assert!(crm.handle(as_sqs(2)).await.batch_item_failures.is_empty());
+    let pushes = crm_server.requests();
+    assert_eq!(pushes.len(), 26);
+    assert!(pushes[25].body.contains("h-bad"));
+    for e in &events {
+        let handle = e.message_handle.as_deref().unwrap();
+        let n = pushes
+            .iter()
+            .filter(|p| p.json()["event"]["message_handle"] == handle)
+            .count();
+        let tries = if handle == "h-bad" { 2 } else { 1 };
+        assert_eq!(n, tries, "{handle}: {n} requests");
+    }
+    queue.delete(&[received[0].receipt.clone()]).await.unwrap();
+    common::leaks::assert_no_secret(NEVER_SHOWN);
 }

@@ -533,15 +533,32 @@ async fn the_built_bootstraps_handle_every_fixture_with_the_templates_environmen
         "the ingress queued exactly the SQS fixtures' events"
     );
 
-    // Router: every SQS fixture routed without failures, to every sink queue.
+    // Router: the SQS fixtures in one batch (the template hands it up to 100 events), routed
+    // without failures to every sink queue, where they travel in packs (JSON arrays of events).
     let router = start(by_crate("functions/router"), &d, &endpoint, &mut kill).await;
-    for (file, event) in &sqs_fixtures {
-        assert_no_batch_failures(file, router.invoke(event).await);
-    }
+    let records: Vec<serde_json::Value> = sqs_fixtures
+        .values()
+        .flat_map(|e| e["Records"].as_array().unwrap().clone())
+        .collect();
+    assert_no_batch_failures(
+        "router",
+        router
+            .invoke(&serde_json::json!({ "Records": records }))
+            .await,
+    );
+    let mut routed: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for q in ["CrmQueue", "SmsFallbackQueue", "AnalyticsQueue"] {
-        let routed = common::drain_queue(&sqs, &d.queue_urls[q]).await;
-        assert!(!routed.is_empty(), "the router sent nothing to {q}");
-        println!("{q}: {} events routed", routed.len());
+        let messages = common::drain_queue(&sqs, &d.queue_urls[q]).await;
+        let events: usize = messages
+            .iter()
+            .map(|m| bluehook::event::Event::all_from_json(m).unwrap().len())
+            .sum();
+        assert!(events > 0, "the router sent nothing to {q}");
+        println!("{q}: {events} events routed in {} messages", messages.len());
+        if events > 1 {
+            assert_eq!(messages.len(), 1, "{q}: {events} events in one pack");
+        }
+        routed.insert(q, messages);
     }
     // Deliver: each (event, destination) message the router queued, delivered once.
     let deliveries = common::drain_queue(&sqs, &d.queue_urls["DeliveriesQueue"]).await;
@@ -601,13 +618,22 @@ async fn the_built_bootstraps_handle_every_fixture_with_the_templates_environmen
     assert_eq!(again["fired"], 0, "{again}");
     common::leaks::record("functions/automations", &automations.posted());
 
-    // Sinks: every SQS fixture handled without failures.
-    for dir in [
-        "functions/crm-sync",
-        "functions/sms-fallback",
-        "functions/analytics",
+    // Sinks: the packs the router sent them, then every SQS fixture on its own, handled
+    // without failures.
+    for (dir, queue) in [
+        ("functions/crm-sync", "CrmQueue"),
+        ("functions/sms-fallback", "SmsFallbackQueue"),
+        ("functions/analytics", "AnalyticsQueue"),
     ] {
         let api = start(by_crate(dir), &d, &endpoint, &mut kill).await;
+        for (i, body) in routed[queue].iter().enumerate() {
+            let pack = serde_json::json!({"Records": [{
+                "messageId": format!("pack{i}"), "receiptHandle": format!("rp{i}"), "body": body,
+                "attributes": {"ApproximateReceiveCount": "1"}, "messageAttributes": {},
+                "eventSource": "aws:sqs", "awsRegion": "us-east-1",
+                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:sink"}]});
+            assert_no_batch_failures(&format!("{dir} pack {i}"), api.invoke(&pack).await);
+        }
         for (file, event) in &sqs_fixtures {
             assert_no_batch_failures(&format!("{dir} {file}"), api.invoke(event).await);
         }

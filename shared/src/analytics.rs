@@ -492,6 +492,53 @@ mod tests {
         assert_eq!(read_archive(dir.path()).len(), 5);
     }
 
+    #[tokio::test]
+    async fn a_pack_is_archived_row_by_row_like_the_events_one_by_one() {
+        let events: Vec<Event> = (0..4)
+            .map(|i| {
+                ev(
+                    &format!("k{i}"),
+                    EventKind::MessageStatus,
+                    MessageStatus::Sent,
+                    Direction::Outbound,
+                    &format!("h{i}"),
+                    i,
+                )
+            })
+            .collect();
+        let bodies: Vec<String> = events.iter().map(Event::to_json).collect();
+        let packs = crate::queue::pack(bodies.iter().map(String::as_str), 1 << 20);
+        assert_eq!(packs.len(), 1);
+        let archived = |batch: Vec<Record>| async move {
+            let dir = tempfile::tempdir().unwrap();
+            let a = Analytics::new(
+                Arc::new(LocalDir::new(dir.path())),
+                Arc::new(MemoryMetrics::default()),
+                false,
+            );
+            assert!(a.process(batch).await.is_empty());
+            let mut rows = read_archive(dir.path());
+            rows.sort_by(|a, b| a.id.cmp(&b.id));
+            rows
+        };
+        let record = |i: usize, body: &str| Record {
+            id: format!("m{i}"),
+            body: body.to_owned(),
+            receive_count: 1,
+        };
+        let packed = archived(vec![record(0, &packs[0])]).await;
+        let one_by_one = archived(
+            bodies
+                .iter()
+                .enumerate()
+                .map(|(i, b)| record(i, b))
+                .collect(),
+        )
+        .await;
+        assert_eq!(packed.len(), 4);
+        assert_eq!(packed, one_by_one);
+    }
+
     #[test]
     fn rates_and_median_response_time() {
         use Direction::{Inbound, Outbound};

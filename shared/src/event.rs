@@ -227,6 +227,16 @@ impl Event {
     pub fn from_json(s: &str) -> Result<Event, serde_json::Error> {
         serde_json::from_str(s)
     }
+
+    /// The events of a queue message: one event's JSON, or a JSON array of them (a pack: what
+    /// the router sends a sink's SQS queue in one go, [`crate::queue::pack`]).
+    pub fn all_from_json(s: &str) -> Result<Vec<Event>, serde_json::Error> {
+        if s.trim_start().starts_with('[') {
+            serde_json::from_str(s)
+        } else {
+            Ok(vec![serde_json::from_str(s)?])
+        }
+    }
 }
 
 /// Times are kept (and serialised) to the millisecond, so that an event round-trips exactly.

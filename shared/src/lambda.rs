@@ -115,7 +115,14 @@ pub async fn router_from_env() -> anyhow::Result<Router> {
     for d in Destination::ALL {
         let configured = d == Destination::Analytics || config.sinks.contains_key(d.as_str());
         if let (true, Ok(url)) = (configured, std::env::var(destination_queue_env(d))) {
-            queues.insert(d, Arc::new(SqsQueue::new(sqs.clone(), url)));
+            // A sink takes its events in packs, but the media archive one attachment at a time
+            // (batches of one: a download can be long).
+            let queue = if d == Destination::Media {
+                SqsQueue::new(sqs.clone(), url)
+            } else {
+                SqsQueue::packing(sqs.clone(), url)
+            };
+            queues.insert(d, Arc::new(queue));
         }
     }
     // Every destination shares the deliveries queue; each message names its destination.

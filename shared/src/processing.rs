@@ -77,13 +77,14 @@ pub async fn handle_sqs_event(processor: &dyn Processor, event: SqsEvent) -> Sqs
     sqs_batch_response(failed)
 }
 
-/// Sends `bodies` to `queue` in batches of ten; the ids of the records whose send failed.
+/// Sends `items` to `queue`, as many at a time as it takes ([`Queue::max_send`]); the ids of
+/// the records whose send failed.
 pub async fn send_all(
     queue: &dyn Queue,
     items: &[(String, crate::queue::OutgoingMessage)],
 ) -> Vec<String> {
     let mut failed = Vec::new();
-    for chunk in items.chunks(10) {
+    for chunk in items.chunks(queue.max_send().max(1)) {
         let messages: Vec<_> = chunk.iter().map(|(_, m)| m.clone()).collect();
         if let Err(e) = queue.send(&messages).await {
             tracing::error!(error = %e, "send to a destination queue failed");

@@ -79,13 +79,14 @@ impl Router {
         out
     }
 
-    /// Parses a batch: the events, and the ids of records that are not events.
+    /// Parses a batch: the events (a record may hold several: a pack), and the ids of records
+    /// that are not events.
     pub fn parse_batch(batch: &[Record]) -> (Vec<(&Record, Event)>, Vec<String>) {
         let mut events = Vec::with_capacity(batch.len());
         let mut poisoned = Vec::new();
         for r in batch {
-            match Event::from_json(&r.body) {
-                Ok(ev) => events.push((r, ev)),
+            match Event::all_from_json(&r.body) {
+                Ok(all) => events.extend(all.into_iter().map(|ev| (r, ev))),
                 Err(e) => {
                     tracing::error!(record = %r.id, receive_count = r.receive_count, error = %e, "not an event; retried, then dead-lettered");
                     poisoned.push(r.id.clone());
@@ -93,6 +94,16 @@ impl Router {
             }
         }
         (events, poisoned)
+    }
+}
+
+/// `event`'s JSON as `record` carries it: the body itself when it holds this one event (not
+/// serialised again), the event's own JSON when it is one of a pack.
+fn json_of<'a>(record: &'a Record, event: &Event) -> std::borrow::Cow<'a, str> {
+    if record.body.trim_start().starts_with('[') {
+        std::borrow::Cow::Owned(event.to_json())
+    } else {
+        std::borrow::Cow::Borrowed(&record.body)
     }
 }
 
@@ -128,7 +139,7 @@ impl Processor for Router {
                         record.id.clone(),
                         OutgoingMessage {
                             id: event.id.clone(),
-                            body: record.body.clone(),
+                            body: json_of(record, event).into_owned(),
                         },
                     ));
                 } else {
@@ -147,7 +158,7 @@ impl Processor for Router {
                     record.id.clone(),
                     OutgoingMessage {
                         id: event.id.clone(),
-                        body: DeliveryMessage::envelope(name, &record.body),
+                        body: DeliveryMessage::envelope(name, &json_of(record, event)),
                     },
                 ));
             }

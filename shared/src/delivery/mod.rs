@@ -547,6 +547,20 @@ impl Format {
     }
 }
 
+impl Format {
+    /// Every delivery a queue message holds: one, or on a sink's queue a pack of events
+    /// ([`crate::queue::pack`]).
+    pub fn parse_all(self, body: &str) -> Result<Vec<(Option<String>, Event)>, serde_json::Error> {
+        match self {
+            Format::Event => Ok(Event::all_from_json(body)?
+                .into_iter()
+                .map(|e| (None, e))
+                .collect()),
+            Format::Envelope => Ok(vec![self.parse(body)?]),
+        }
+    }
+}
+
 /// At most `per_sec` starts in any one-second window: starts are spaced `1/per_sec` apart.
 pub struct RateLimiter {
     interval: Duration,

@@ -198,9 +198,61 @@ impl<S: Settle> SqsDeliveries<S> {
         }
     }
 
-    /// Attempts every record of the batch at once; answers the records to leave on the queue.
+    /// One delivery of a message: the event attempted by its target, what the effect leads to
+    /// queued, the effect's key completed; the verdict.
+    async fn attempt(
+        &self,
+        id: &str,
+        named: Option<&str>,
+        event: &crate::event::Event,
+        receive_count: u32,
+    ) -> Verdict {
+        let Some((target, limiter)) = self.target(named) else {
+            tracing::error!(record = %id, "not a delivery to a configured destination; dead-lettered");
+            return Verdict::DeadLetter;
+        };
+        if let Some(l) = limiter {
+            l.acquire().await;
+        }
+        let mut a = target.deliver(event, receive_count).await;
+        if let Some(r) = &a.record {
+            println!("{}", attempt_line(r, chrono::Utc::now().timestamp_millis()));
+        }
+        // What the effect leads to is queued before the effect is recorded done: if queuing
+        // fails, the effect stays unfinished and the delivery is retried as a failed attempt
+        // (its reply is sent once all the same: the send has its own key).
+        if let Some(next) = &a.follow_on {
+            let queued = match &self.follow_ons {
+                Some(q) => q
+                    .send(&[crate::queue::OutgoingMessage {
+                        id: event.id.clone(),
+                        body: next.body.clone(),
+                    }])
+                    .await
+                    .map_err(|e| e.to_string()),
+                None => Err(format!("no queue for the {}", next.route)),
+            };
+            if let Err(e) = queued {
+                tracing::error!(event_id = %event.id, follow_on = next.route, error = %e, "not queued; the delivery is retried");
+                a.completion = None;
+                a.verdict = target.policy().retry.verdict_after(receive_count, None);
+            }
+        }
+        // The effect's key is completed before the message can be deleted.
+        if let Some(done) = &a.completion {
+            done.apply(target.effects_store().as_ref()).await;
+        }
+        a.verdict
+    }
+
+    /// Attempts every delivery of the batch at once (at most [`CONCURRENCY`] at a time: a pack
+    /// holds many); answers the records to leave on the queue. A message leaves the queue when
+    /// every delivery it holds is finished; otherwise it stays whole (a pack's finished events
+    /// find their effects done when it comes back), dead-lettered if one of them is.
     pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
-        let attempts = event.records.into_iter().map(|m| async move {
+        let permits = tokio::sync::Semaphore::new(CONCURRENCY);
+        let permits = &permits;
+        let messages = event.records.into_iter().map(|m| async move {
             let id = m.message_id.clone().unwrap_or_default();
             let receive_count = m
                 .attributes
@@ -209,48 +261,18 @@ impl<S: Settle> SqsDeliveries<S> {
                 .unwrap_or(1);
             let body = m.body.unwrap_or_default();
             let receipt = m.receipt_handle.unwrap_or_default();
-            let parsed = self.format.parse(&body).ok();
-            let verdict = match parsed
-                .as_ref()
-                .and_then(|(name, e)| self.target(name.as_deref()).map(|t| (e, t)))
-            {
-                Some((event, (target, limiter))) => {
-                    if let Some(l) = limiter {
-                        l.acquire().await;
-                    }
-                    let mut a = target.deliver(event, receive_count).await;
-                    if let Some(r) = &a.record {
-                        println!("{}", attempt_line(r, chrono::Utc::now().timestamp_millis()));
-                    }
-                    // What the effect leads to is queued before the effect is recorded done:
-                    // if queuing fails, the effect stays unfinished and the delivery is retried
-                    // as a failed attempt (its reply is sent once all the same: the send has its
-                    // own key).
-                    if let Some(next) = &a.follow_on {
-                        let queued = match &self.follow_ons {
-                            Some(q) => q
-                                .send(&[crate::queue::OutgoingMessage {
-                                    id: event.id.clone(),
-                                    body: next.body.clone(),
-                                }])
-                                .await
-                                .map_err(|e| e.to_string()),
-                            None => Err(format!("no queue for the {}", next.route)),
-                        };
-                        if let Err(e) = queued {
-                            tracing::error!(event_id = %event.id, follow_on = next.route, error = %e, "not queued; the delivery is retried");
-                            a.completion = None;
-                            a.verdict = target.policy().retry.verdict_after(receive_count, None);
-                        }
-                    }
-                    // The effect's key is completed before the message can be deleted.
-                    if let Some(done) = &a.completion {
-                        done.apply(target.effects_store().as_ref()).await;
-                    }
-                    a.verdict
+            let verdict = match self.format.parse_all(&body) {
+                Ok(deliveries) if !deliveries.is_empty() => {
+                    let id = &id;
+                    let verdicts = deliveries.iter().map(|(named, event)| async move {
+                        let _permit = permits.acquire().await;
+                        self.attempt(id, named.as_deref(), event, receive_count)
+                            .await
+                    });
+                    combined(futures_util::future::join_all(verdicts).await)
                 }
-                None => {
-                    tracing::error!(record = %id, "not a delivery to a configured destination; dead-lettered");
+                _ => {
+                    tracing::error!(record = %id, "not a delivery; dead-lettered");
                     Verdict::DeadLetter
                 }
             };
@@ -261,13 +283,31 @@ impl<S: Settle> SqsDeliveries<S> {
             };
             keep.then_some(id)
         });
-        let keep: Vec<String> = futures_util::future::join_all(attempts)
+        let keep: Vec<String> = futures_util::future::join_all(messages)
             .await
             .into_iter()
             .flatten()
             .collect();
         sqs_batch_response(keep)
     }
+}
+
+/// Deliveries attempted at once by one invocation.
+pub const CONCURRENCY: usize = 32;
+
+/// A message's verdict from its deliveries': finished when all are, dead-lettered when one is,
+/// otherwise retried after the longest backoff.
+fn combined(verdicts: Vec<Verdict>) -> Verdict {
+    let mut out = Verdict::Delivered;
+    for v in verdicts {
+        out = match (out, v) {
+            (_, v) if v.finished() => out,
+            (Verdict::DeadLetter, _) | (_, Verdict::DeadLetter) => Verdict::DeadLetter,
+            (Verdict::RetryIn(a), Verdict::RetryIn(b)) => Verdict::RetryIn(a.max(b)),
+            (_, v) => v,
+        };
+    }
+    out
 }
 
 #[cfg(test)]
@@ -303,6 +343,34 @@ mod tests {
         assert_eq!(
             (v["attempt"].as_u64(), v["status"].as_u64()),
             (Some(2), Some(200))
+        );
+    }
+
+    #[test]
+    fn a_message_is_finished_when_each_of_its_deliveries_is() {
+        use std::time::Duration;
+        let s = Duration::from_secs;
+        assert!(combined(vec![
+            Verdict::Delivered,
+            Verdict::AlreadyDelivered,
+            Verdict::Skipped
+        ])
+        .finished());
+        assert_eq!(
+            combined(vec![
+                Verdict::Delivered,
+                Verdict::RetryIn(s(3)),
+                Verdict::RetryIn(s(9))
+            ]),
+            Verdict::RetryIn(s(9))
+        );
+        assert_eq!(
+            combined(vec![
+                Verdict::RetryIn(s(3)),
+                Verdict::DeadLetter,
+                Verdict::Delivered
+            ]),
+            Verdict::DeadLetter
         );
     }
 }
