@@ -35,7 +35,10 @@ use runtime::{start_binary, Kill, RuntimeApi};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
-/// The template's BatchSize: 10 for router, crm-sync and sms-fallback, 100 for analytics.
+/// The template's BatchSize: 100 for the router, 1 for crm-sync (a pack of events each), 10
+/// for sms-fallback and deliver, 100 for analytics, 1 for media.
+const ROUTER_BATCH: usize = 100;
+const CRM_BATCH: usize = 1;
 const BATCH: usize = 10;
 const ANALYTICS_BATCH: usize = 100;
 const MEDIA_BATCH: usize = 1;
@@ -204,6 +207,30 @@ struct Stage {
     cpu_secs: f64,
     wall_secs: f64,
     requests: BTreeMap<String, u64>,
+    /// The function's own SQS requests, as billed (each 64 KiB of payload is one).
+    sqs_billed: u64,
+    /// The event source mapping's: a ReceiveMessage per ten messages (billed by their bytes)
+    /// and a DeleteMessageBatch per ten of each invocation's.
+    mapping_sqs: u64,
+}
+
+/// The SQS requests an event source mapping makes to hand over `invocations` (see [`Stage`]).
+fn mapping_sqs(invocations: &[serde_json::Value]) -> u64 {
+    let records = |p: &serde_json::Value| p["Records"].as_array().cloned().unwrap_or_default();
+    let bytes: Vec<usize> = invocations
+        .iter()
+        .flat_map(records)
+        .map(|r| r["body"].as_str().map_or(0, str::len))
+        .collect();
+    let receives: usize = bytes
+        .chunks(10)
+        .map(|c| c.iter().sum::<usize>().div_ceil(64 * 1024).max(1))
+        .sum();
+    let deletes: usize = invocations
+        .iter()
+        .map(|p| records(p).len().div_ceil(10))
+        .sum();
+    (receives + deletes) as u64
 }
 
 fn median_p99(mut v: Vec<f64>) -> (f64, f64) {
@@ -280,7 +307,19 @@ async fn run_stage(
     let mut durations_ms = Vec::with_capacity(invocations.len());
     let mut events = 0;
     for payload in invocations {
-        events += payload["Records"].as_array().map_or(1, Vec::len);
+        // A record of a sink's queue can be a pack: a JSON array of events.
+        events += payload["Records"].as_array().map_or(1, |records| {
+            records
+                .iter()
+                .map(|r| match r["body"].as_str() {
+                    Some(b) if b.starts_with('[') => {
+                        serde_json::from_str::<Vec<serde_json::Value>>(b)
+                            .map_or(1, |events| events.len())
+                    }
+                    _ => 1,
+                })
+                .sum()
+        });
         let t = Instant::now();
         let answer = api
             .invoke(payload)
@@ -307,6 +346,8 @@ async fn run_stage(
         cpu_secs: cpu,
         wall_secs,
         requests: proxy.counts(),
+        sqs_billed: proxy.sqs_billed(),
+        mapping_sqs: mapping_sqs(invocations),
     })
 }
 
@@ -399,7 +440,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .await?,
     );
-    let events = batches(&sqs, &queues["events"], BATCH).await?;
+    let events = batches(&sqs, &queues["events"], ROUTER_BATCH).await?;
     stages.push(
         run_stage(
             "router",
@@ -424,7 +465,7 @@ async fn main() -> anyhow::Result<()> {
         ("BLUEHOOK_IDEMPOTENCY_TABLE", idem.clone()),
     ];
     for (name, queue, batch, extra) in [
-        ("crm-sync", "crm", BATCH, sink_env.clone()),
+        ("crm-sync", "crm", CRM_BATCH, sink_env.clone()),
         ("sms-fallback", "sms", BATCH, sink_env.clone()),
         (
             "analytics",
@@ -488,12 +529,12 @@ async fn main() -> anyhow::Result<()> {
 fn report(args: &Args, stages: &[Stage], crm_pushes: usize, sms_sent: usize) {
     let n = args.events as f64;
     println!(
-        "{} unique webhooks; SQS batches of {BATCH} ({ANALYTICS_BATCH} for analytics) as the template sets them; moto behind a counting proxy; {crm_pushes} CRM pushes, {sms_sent} SMS sent",
+        "{} unique webhooks; SQS batches as the template sets them (router {ROUTER_BATCH}, crm-sync {CRM_BATCH} pack, sms-fallback and deliver {BATCH}, analytics {ANALYTICS_BATCH}, media {MEDIA_BATCH}); moto behind a counting proxy; {crm_pushes} CRM pushes, {sms_sent} SMS sent",
         args.events
     );
     println!();
-    println!("| function | invocations | events | median ms | p99 ms | CPU µs/event | events/s | AWS requests per event |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---|");
+    println!("| function | invocations | events | median ms | p99 ms | CPU µs/event | events/s | AWS requests per event | SQS billed per webhook (own + mapping) |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---|---:|");
     for s in stages {
         let (p50, p99) = median_p99(s.durations_ms.clone());
         let reqs: Vec<String> = s
@@ -502,13 +543,19 @@ fn report(args: &Args, stages: &[Stage], crm_pushes: usize, sms_sent: usize) {
             .map(|(a, c)| format!("{} {:.2}", short(a), *c as f64 / s.events as f64))
             .collect();
         println!(
-            "| {} | {} | {} | {p50:.1} | {p99:.1} | {:.0} | {:.0} | {} |",
+            "| {} | {} | {} | {p50:.1} | {p99:.1} | {:.0} | {:.0} | {} | {:.3} + {:.3} |",
             s.name,
             s.invocations,
             s.events,
             s.cpu_secs * 1e6 / s.events as f64,
             s.events as f64 / s.wall_secs,
-            reqs.join(", ")
+            reqs.join(", "),
+            s.sqs_billed as f64 / n,
+            if s.name == "ingress" {
+                0.0
+            } else {
+                s.mapping_sqs as f64 / n
+            },
         );
     }
     println!();
@@ -527,7 +574,6 @@ fn report(args: &Args, stages: &[Stage], crm_pushes: usize, sms_sent: usize) {
         for (action, count) in &s.requests {
             let r = per_webhook(*count);
             match action.as_str() {
-                a if a.starts_with("AmazonSQS.") => sqs_reqs += r,
                 a if a.ends_with(".PutItem")
                     || a.ends_with(".UpdateItem")
                     || a.ends_with(".DeleteItem") =>
@@ -539,10 +585,11 @@ fn report(args: &Args, stages: &[Stage], crm_pushes: usize, sms_sent: usize) {
                 _ => {}
             }
         }
-        // The event source mapping's own calls for SQS-triggered functions: one
-        // ReceiveMessage and one DeleteMessageBatch per batch.
+        // Billed by 64 KiB of payload, with the event source mapping's own receives and
+        // deletes for SQS-triggered functions.
+        sqs_reqs += per_webhook(s.sqs_billed);
         if s.name != "ingress" {
-            sqs_reqs += 2.0 * invocations;
+            sqs_reqs += per_webhook(s.mapping_sqs);
         }
     }
     let lines = [

@@ -4,7 +4,8 @@
 //!
 //! The workload behind the counts: unique Sendblue webhooks, 40% inbound messages, 30% outbound
 //! SENT, 28% their DELIVERED, 2% failed outbound iMessages (the SMS fallback sends those); none
-//! with an attachment; functions at 128 MB on arm64; SQS batches as the template sets them.
+//! with an attachment; functions at 128 MB on arm64; SQS batches as the template sets them, the
+//! router's sends to the sinks packed (`queue::pack`).
 
 use serde::Serialize;
 
@@ -52,11 +53,12 @@ struct Share {
     s3_puts: f64,
 }
 
-/// Per webhook, from `scripts/bench-aws.sh 1000` (docs/cost.md).
+/// Per webhook, from `scripts/bench-aws.sh 1000` (docs/cost.md). SQS requests as billed: each
+/// 64 KiB of a request's payload is one request.
 const INGRESS: Share = Share {
     function: "ingress",
     invocations: 1.0,
-    billed_ms: 26.0,
+    billed_ms: 32.0,
     // SendMessage.
     sqs: 1.0,
     sqs_floor: 1.0,
@@ -65,29 +67,33 @@ const INGRESS: Share = Share {
     ddb_writes_floor: 2.0,
     s3_puts: 0.0,
 };
-/// Batches of 10; its sends are per sink below.
+/// Batches of 100 events (one a second at most while traffic is light); its sends are per sink
+/// below. The event source mapping's ReceiveMessage per ten events and DeleteMessageBatch per
+/// ten.
 const ROUTER: Share = Share {
     function: "router",
-    invocations: 0.1,
-    billed_ms: 341.0,
+    invocations: 0.01,
+    billed_ms: 1735.0,
     sqs: 0.2,
     sqs_floor: 0.2,
     ddb_writes: 0.0,
     ddb_writes_floor: 0.0,
     s3_puts: 0.0,
 };
-/// crm-sync takes every message event (all of this workload), batches of 10. Per event, pushed
-/// to the `http` adapter: the message state (one conditional UpdateItem, which is the push's
-/// claim), the conversation (one when the event is in order), the push recorded done on the
-/// message's item. Floor: the same three; two would mean not recording the push, so that a
-/// redelivered event is pushed again (for the receiver to drop by its `webhook-id`).
+/// crm-sync takes every message event (all of this workload) in packs of about 33 (60 KiB),
+/// one pack per invocation. Per event, pushed to the `http` adapter: the message state (one
+/// conditional UpdateItem, which is the push's claim), the conversation (one when the event is
+/// in order), the push recorded done on the message's item. Floor: the same three; two would
+/// mean not recording the push, so that a redelivered event is pushed again (for the receiver
+/// to drop by its `webhook-id`).
 const CRM: Share = Share {
     function: "crm-sync",
-    invocations: 0.1,
-    billed_ms: 261.0,
-    // The router's share of SendMessageBatch, and the mapping's receive + delete.
-    sqs: 0.1 + 0.2,
-    sqs_floor: 0.1 + 0.2,
+    invocations: 0.03,
+    billed_ms: 1179.0,
+    // The router's SendMessageBatch of the packs (billed by 64 KiB), and the mapping's
+    // receives (by 64 KiB) and deletes.
+    sqs: 0.03 + 0.053,
+    sqs_floor: 0.03 + 0.053,
     ddb_writes: CRM_WRITES_PER_EVENT,
     ddb_writes_floor: 3.0,
     s3_puts: 0.0,
@@ -97,29 +103,29 @@ pub const CRM_WRITES_PER_EVENT: f64 = 3.0;
 /// With `receiver_dedupes = true`: the message state and the conversation (`tests/aws_sinks.rs`
 /// counts them); the floor of that guarantee too.
 pub const CRM_WRITES_PER_EVENT_RECEIVER_DEDUPES: f64 = 2.0;
-/// sms-fallback: 2% of webhooks are failed iMessages, sent by the router one by one and taken
-/// in batches (two invocations per 1,000 webhooks here); each SMS is sent once (claim +
-/// completion).
+/// sms-fallback: 2% of webhooks are failed iMessages, packed by the router (one send per router
+/// batch) and taken in batches of ten; each SMS is sent once (claim + completion).
 const SMS: Share = Share {
     function: "sms-fallback",
-    invocations: 0.002,
-    billed_ms: 95.0,
-    sqs: 0.02 + 0.004,
-    sqs_floor: 0.02 + 0.004,
+    invocations: 0.001,
+    billed_ms: 238.0,
+    sqs: 0.01 + 0.002,
+    sqs_floor: 0.01 + 0.002,
     ddb_writes: 0.04,
     ddb_writes_floor: 0.04,
     s3_puts: 0.0,
 };
-/// analytics: batches of 100, one S3 object each.
+/// analytics: batches of up to 100 packs, one S3 object per hour of events in each (one
+/// invocation per 1,000 webhooks here; fewer at volume).
 const ANALYTICS: Share = Share {
     function: "analytics",
-    invocations: 0.01,
-    billed_ms: 8.0,
-    sqs: 0.1 + 0.02,
-    sqs_floor: 0.1 + 0.02,
+    invocations: 0.001,
+    billed_ms: 42.0,
+    sqs: 0.03 + 0.026,
+    sqs_floor: 0.03 + 0.026,
     ddb_writes: 0.0,
     ddb_writes_floor: 0.0,
-    s3_puts: 0.01,
+    s3_puts: 0.001,
 };
 /// media: only events with an attachment reach its queue (none in this workload; docs/cost.md
 /// gives the measured cost per attachment: two writes, one S3 PUT and HEAD, one invocation).
@@ -476,7 +482,7 @@ mod tests {
             .iter()
             .find(|l| l.item.contains("platform lines"))
             .unwrap();
-        // 350 bytes for each of ~1.2 invocations per webhook, at $0.50 per GB.
+        // 350 bytes for each of ~1.04 invocations per webhook, at $0.50 per GB.
         assert!(logs.usd_per_million > 0.15 && logs.usd_per_million < 0.30);
         assert_eq!(logs.floor_usd_per_million, 0.0);
         assert!((on.usd_per_million - off.usd_per_million - logs.usd_per_million).abs() < 1e-9);
@@ -510,6 +516,28 @@ mod tests {
         }
         assert!(dedupes(true).render().contains("receiver_dedupes = true"));
         assert!(!all(true).render().contains("receiver_dedupes"));
+    }
+
+    #[test]
+    fn every_sink_on_is_within_the_budgets_where_the_receiver_dedupes() {
+        for function_url in [true, false] {
+            let e = estimate(&Options {
+                per_month: 1_000_000,
+                sinks: parse_sinks("all").unwrap(),
+                function_url,
+                platform_logs: false,
+                crm_receiver_dedupes: true,
+            });
+            assert!(
+                e.usd_per_million <= e.budget_per_million,
+                "{} > {}",
+                e.usd_per_million,
+                e.budget_per_million
+            );
+            assert!(e.render().contains("(within)"));
+        }
+        // Every push recorded (the default): one write more per message event, over.
+        assert!(all(true).usd_per_million > 3.50);
     }
 
     #[test]

@@ -45,6 +45,8 @@ struct Rule {
 #[derive(Default)]
 struct State {
     counts: Mutex<BTreeMap<String, u64>>,
+    /// SQS requests as billed: each 64 KiB of a request's or its answer's payload is one.
+    sqs_billed: std::sync::atomic::AtomicU64,
     rules: Mutex<Vec<Rule>>,
     faults: Mutex<u64>,
     serialize_dynamodb_writes: AtomicBool,
@@ -164,6 +166,13 @@ impl Proxy {
 
     pub fn reset_counts(&self) {
         self.state.counts.lock().unwrap().clear();
+        self.state.sqs_billed.store(0, Ordering::SeqCst);
+    }
+
+    /// SQS requests as AWS bills them since the last reset: each 64 KiB of the payload sent or
+    /// answered is one request.
+    pub fn sqs_billed(&self) -> u64 {
+        self.state.sqs_billed.load(Ordering::SeqCst)
     }
 
     /// DynamoDB writes counted (PutItem, UpdateItem, DeleteItem, BatchWriteItem,
@@ -246,6 +255,7 @@ async fn forward(
             .map(|p| p.as_str())
             .unwrap_or("/")
     );
+    let sent = body.len();
     let mut out = client.request(parts.method.clone(), &url).body(body);
     for (k, v) in &parts.headers {
         if k != hyper::header::HOST && k != hyper::header::CONTENT_LENGTH {
@@ -256,6 +266,10 @@ async fn forward(
     let status = answer.status();
     let headers = answer.headers().clone();
     let bytes = answer.bytes().await.map_err(std::io::Error::other)?;
+    if action.starts_with("AmazonSQS.") {
+        let chunks = sent.max(bytes.len()).div_ceil(64 * 1024).max(1);
+        state.sqs_billed.fetch_add(chunks as u64, Ordering::SeqCst);
+    }
     let body: ProxyBody = if fault == Some(Fault::Cut) {
         // Half the body, then an error: the connection closes before the declared length.
         let half = bytes.slice(..bytes.len() / 2);
