@@ -312,7 +312,7 @@ async fn run_stage(
             records
                 .iter()
                 .map(|r| match r["body"].as_str() {
-                    Some(b) if b.starts_with('[') => {
+                    Some(b) if bluehook::queue::is_pack(b) => {
                         serde_json::from_str::<Vec<serde_json::Value>>(b)
                             .map_or(1, |events| events.len())
                     }

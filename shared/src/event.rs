@@ -231,7 +231,7 @@ impl Event {
     /// The events of a queue message: one event's JSON, or a JSON array of them (a pack: what
     /// the router sends a sink's SQS queue in one go, [`crate::queue::pack`]).
     pub fn all_from_json(s: &str) -> Result<Vec<Event>, serde_json::Error> {
-        if s.trim_start().starts_with('[') {
+        if crate::queue::is_pack(s) {
             serde_json::from_str(s)
         } else {
             Ok(vec![serde_json::from_str(s)?])

@@ -100,7 +100,7 @@ impl Router {
 /// `event`'s JSON as `record` carries it: the body itself when it holds this one event (not
 /// serialised again), the event's own JSON when it is one of a pack.
 fn json_of<'a>(record: &'a Record, event: &Event) -> std::borrow::Cow<'a, str> {
-    if record.body.trim_start().starts_with('[') {
+    if crate::queue::is_pack(&record.body) {
         std::borrow::Cow::Owned(event.to_json())
     } else {
         std::borrow::Cow::Borrowed(&record.body)

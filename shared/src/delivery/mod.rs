@@ -545,9 +545,7 @@ impl Format {
             }
         }
     }
-}
 
-impl Format {
     /// Every delivery a queue message holds: one, or on a sink's queue a pack of events
     /// ([`crate::queue::pack`]).
     pub fn parse_all(self, body: &str) -> Result<Vec<(Option<String>, Event)>, serde_json::Error> {

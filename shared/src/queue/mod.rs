@@ -67,6 +67,11 @@ pub fn pack<'a>(bodies: impl IntoIterator<Item = &'a str>, limit: usize) -> Vec<
         .collect()
 }
 
+/// Whether a message's body is a pack (a JSON array of events) rather than one event.
+pub fn is_pack(body: &str) -> bool {
+    body.trim_start().starts_with('[')
+}
+
 #[async_trait]
 pub trait Queue: Send + Sync {
     /// The most messages one [`Queue::send`] should be handed: a failed send fails them all.
