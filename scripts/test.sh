@@ -44,10 +44,23 @@ mkdir -p target
 
 # Every function's deployable bootstrap (x86_64; arm64 too when the target is installed).
 functions=(-p ingress -p router -p crm-sync -p sms-fallback -p analytics -p deliver -p media -p automations)
-build_bootstraps() {
+build_bootstraps_now() {
   cargo lambda build --release "${functions[@]}" --lambda-dir target/lambda
   if rustup target list --installed 2>/dev/null | grep -q '^aarch64-unknown-linux-gnu$'; then
     cargo lambda build --release --arm64 "${functions[@]}" --lambda-dir target/lambda-arm64
+  fi
+}
+# One build of the bootstraps at a time, moves included: cargo's own lock covers the compile but
+# not cargo-lambda moving each binary to its bootstrap afterwards, and two builds finishing
+# together (CI's early `--prepare` and this script's) would move the same files.
+build_bootstraps() {
+  if command -v flock >/dev/null 2>&1; then
+    (
+      flock 9
+      build_bootstraps_now
+    ) 9>target/.bootstraps.lock
+  else
+    build_bootstraps_now
   fi
 }
 if [ "${1:-}" = "--prepare" ]; then
