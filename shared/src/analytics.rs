@@ -507,7 +507,7 @@ mod tests {
             })
             .collect();
         let bodies: Vec<String> = events.iter().map(Event::to_json).collect();
-        let packs = crate::queue::pack(bodies.iter().map(String::as_str), 1 << 20);
+        let packs = crate::queue::pack(bodies.iter().map(String::as_str), 1 << 20, 32);
         assert_eq!(packs.len(), 1);
         let archived = |batch: Vec<Record>| async move {
             let dir = tempfile::tempdir().unwrap();

@@ -292,8 +292,8 @@ impl<S: Settle> SqsDeliveries<S> {
     }
 }
 
-/// Deliveries attempted at once by one invocation.
-pub const CONCURRENCY: usize = 32;
+/// Deliveries attempted at once by one invocation: a whole pack.
+pub const CONCURRENCY: usize = crate::queue::PACK_EVENTS;
 
 /// A message's verdict from its deliveries': finished when all are, dead-lettered when one is,
 /// otherwise retried after the longest backoff.

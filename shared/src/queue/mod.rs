@@ -38,17 +38,27 @@ pub struct QueueError(pub String);
 /// so a pack fills about one such chunk (with room for the request's own framing).
 pub const PACK_BYTES: usize = 60 * 1024;
 
-/// `bodies` (each one event's JSON) as few messages as fit in `limit` bytes each, in order: a
-/// message is one body as it is, or a JSON array of several (`[a,b,c]`). A body over `limit`
-/// on its own travels alone. [`crate::event::Event::all_from_json`] reads either back.
-pub fn pack<'a>(bodies: impl IntoIterator<Item = &'a str>, limit: usize) -> Vec<String> {
+/// The most events a pack holds: a consumer attempts them all at once (crm-sync's pushes run
+/// 32 at a time), so that a pack takes one round of its slowest effect, well within the
+/// function's timeout.
+pub const PACK_EVENTS: usize = 32;
+
+/// `bodies` (each one event's JSON) as few messages as fit in `limit` bytes and `max_events`
+/// bodies each, in order: a message is one body as it is, or a JSON array of several
+/// (`[a,b,c]`). A body over `limit` on its own travels alone.
+/// [`crate::event::Event::all_from_json`] reads either back.
+pub fn pack<'a>(
+    bodies: impl IntoIterator<Item = &'a str>,
+    limit: usize,
+    max_events: usize,
+) -> Vec<String> {
     let mut packs: Vec<Vec<&str>> = Vec::new();
     let mut size = 0;
     for body in bodies {
         // `[`, `]` and a comma per body after the first: the body fits when `size + 1 + len`
         // is within `limit`.
         match packs.last_mut() {
-            Some(open) if size + body.len() < limit => {
+            Some(open) if size + body.len() < limit && open.len() < max_events => {
                 open.push(body);
                 size += body.len() + 1;
             }
@@ -106,9 +116,19 @@ mod tests {
     #[test]
     fn packs_fill_up_to_the_limit_in_order_and_read_back_as_the_events() {
         let bodies: Vec<String> = (0..40).map(|i| body(i, 2000)).collect();
-        let packs = pack(bodies.iter().map(String::as_str), PACK_BYTES);
+        let packs = pack(bodies.iter().map(String::as_str), PACK_BYTES, PACK_EVENTS);
         assert!(packs.len() > 1 && packs.len() < 5, "{} packs", packs.len());
         assert!(packs.iter().all(|p| p.len() <= PACK_BYTES));
+        let small: Vec<String> = (0..70).map(|i| body(i, 10)).collect();
+        let counts: Vec<usize> = pack(small.iter().map(String::as_str), PACK_BYTES, PACK_EVENTS)
+            .iter()
+            .map(|p| Event::all_from_json(p).unwrap().len())
+            .collect();
+        assert_eq!(
+            counts,
+            vec![32, 32, 6],
+            "at most {PACK_EVENTS} events a pack"
+        );
         let back: Vec<String> = packs
             .iter()
             .flat_map(|p| Event::all_from_json(p).unwrap())
@@ -120,9 +140,16 @@ mod tests {
     #[test]
     fn one_body_stays_bare_and_one_over_the_limit_travels_alone() {
         let small = body(1, 10);
-        assert_eq!(pack([small.as_str()], PACK_BYTES), vec![small.clone()]);
+        assert_eq!(
+            pack([small.as_str()], PACK_BYTES, PACK_EVENTS),
+            vec![small.clone()]
+        );
         let big = body(2, PACK_BYTES);
-        let packs = pack([small.as_str(), big.as_str(), small.as_str()], PACK_BYTES);
+        let packs = pack(
+            [small.as_str(), big.as_str(), small.as_str()],
+            PACK_BYTES,
+            PACK_EVENTS,
+        );
         assert_eq!(packs, vec![small.clone(), big, small.clone()]);
         assert_eq!(Event::all_from_json(&packs[0]).unwrap().len(), 1);
     }

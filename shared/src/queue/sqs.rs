@@ -1,7 +1,8 @@
 //! Amazon SQS. Bodies are the event JSON; sends go in batches (at most ten messages and 256 KiB
-//! each). A packing queue (a sink's, [`SqsQueue::packing`]) puts what one send hands it into as few
-//! messages as fit in [`super::PACK_BYTES`] each ([`super::pack`]): SQS bills per request and per
-//! 64 KiB, and the sink's event source mapping then receives, deletes and invokes per pack.
+//! each). A packing queue (a sink's, [`SqsQueue::packing`]) puts what one send hands it into as
+//! few messages as fit in [`super::PACK_BYTES`] and [`super::PACK_EVENTS`] each
+//! ([`super::pack`]): SQS bills per request and per 64 KiB, and the sink's event source mapping
+//! then receives, deletes and invokes per pack.
 
 use async_trait::async_trait;
 use aws_sdk_sqs::error::DisplayErrorContext;
@@ -83,7 +84,11 @@ impl Queue for SqsQueue {
 
     async fn send(&self, messages: &[OutgoingMessage]) -> Result<(), QueueError> {
         let bodies: Vec<String> = if self.packing {
-            super::pack(messages.iter().map(|m| m.body.as_str()), super::PACK_BYTES)
+            super::pack(
+                messages.iter().map(|m| m.body.as_str()),
+                super::PACK_BYTES,
+                super::PACK_EVENTS,
+            )
         } else {
             messages.iter().map(|m| m.body.clone()).collect()
         };
