@@ -14,6 +14,11 @@
 //! group of the sinks' writes (their pages and the fsync of them), only behind the job running
 //! when it arrived. Downstream writes are never starved: they get every transaction no ack is
 //! waiting for, and a slice of the next one once they have waited [`BACKGROUND_MAX_WAIT`].
+//!
+//! The writer checkpoints the WAL itself between transactions while no ack waits; while it is
+//! saturated, a thread with its own connection does it instead ([`HAND_OFF_ABOVE`]). Every
+//! connection opens through the VFS of `vfs.rs`, which hands a transaction's WAL frames to the
+//! kernel in a few large writes instead of two per page.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};

@@ -175,25 +175,27 @@ unsafe extern "C" fn write(
     amount: c_int,
     offset: i64,
 ) -> c_int {
-    let f = state(file);
-    if f.wal {
-        let len = amount as usize;
+    let len = amount as usize;
+    let (wal, starts_anew) = {
+        let f = state(file);
         let continues = !f.held.is_empty() && f.held_at + f.held.len() as i64 == offset;
-        if !continues || f.held.len() + len > MOST_HELD {
+        (f.wal, !continues || f.held.len() + len > MOST_HELD)
+    };
+    if wal {
+        if starts_anew {
             let rc = flush(file);
             if rc != ffi::SQLITE_OK {
                 return rc;
             }
-            f.held_at = offset;
+            state(file).held_at = offset;
         }
         if len <= MOST_HELD {
-            f.held
+            state(file)
+                .held
                 .extend_from_slice(std::slice::from_raw_parts(data as *const u8, len));
             return ffi::SQLITE_OK;
         }
-    }
-    #[cfg(test)]
-    if f.wal {
+        #[cfg(test)]
         tests::WAL_WRITES.with(|n| n.set(n.get() + 1));
     }
     (methods(file).xWrite.expect("xWrite"))(real(file), data, amount, offset)
