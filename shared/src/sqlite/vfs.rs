@@ -1,12 +1,12 @@
-//! A VFS over SQLite's default one that hands a transaction's WAL appends to the kernel in one
-//! write.
+//! A VFS over SQLite's default one that hands a transaction's WAL appends to the kernel in a
+//! few large writes.
 //!
 //! SQLite appends a committed transaction to the WAL one frame at a time, each frame as two
 //! writes (its 24-byte header, then the page): two system calls per page, a quarter of the
 //! writer thread's time under load. Here consecutive writes to a WAL file are gathered in memory
-//! and written in pieces of up to 128 KiB when the WAL is synced, read, measured, truncated or closed, or when a
-//! write does not continue them. Nothing else changes: every other file, and every other call, goes
-//! straight to the default VFS.
+//! and written in pieces of up to 128 KiB when the WAL is synced, read, measured, truncated or
+//! closed, or when a write does not continue them. Nothing else changes: every other file, and
+//! every other call, goes straight to the default VFS.
 //!
 //! This is correct only where every commit syncs the WAL (`synchronous = FULL` or `EXTRA`, set
 //! on every connection this crate opens): a commit becomes visible to other connections after
