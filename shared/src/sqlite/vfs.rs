@@ -158,6 +158,14 @@ unsafe fn flush(file: *mut ffi::sqlite3_file) -> c_int {
     rc
 }
 
+/// `then`, once the held appends are written (their error, if writing them failed).
+unsafe fn flushed_then(file: *mut ffi::sqlite3_file, then: impl FnOnce() -> c_int) -> c_int {
+    match flush(file) {
+        ffi::SQLITE_OK => then(),
+        rc => rc,
+    }
+}
+
 unsafe extern "C" fn close(file: *mut ffi::sqlite3_file) -> c_int {
     let flushed = flush(file);
     let rc = (methods(file).xClose.expect("xClose"))(real(file));
@@ -207,35 +215,27 @@ unsafe extern "C" fn read(
     amount: c_int,
     offset: i64,
 ) -> c_int {
-    let rc = flush(file);
-    if rc != ffi::SQLITE_OK {
-        return rc;
-    }
-    (methods(file).xRead.expect("xRead"))(real(file), data, amount, offset)
+    flushed_then(file, || {
+        (methods(file).xRead.expect("xRead"))(real(file), data, amount, offset)
+    })
 }
 
 unsafe extern "C" fn truncate(file: *mut ffi::sqlite3_file, size: i64) -> c_int {
-    let rc = flush(file);
-    if rc != ffi::SQLITE_OK {
-        return rc;
-    }
-    (methods(file).xTruncate.expect("xTruncate"))(real(file), size)
+    flushed_then(file, || {
+        (methods(file).xTruncate.expect("xTruncate"))(real(file), size)
+    })
 }
 
 unsafe extern "C" fn sync(file: *mut ffi::sqlite3_file, flags: c_int) -> c_int {
-    let rc = flush(file);
-    if rc != ffi::SQLITE_OK {
-        return rc;
-    }
-    (methods(file).xSync.expect("xSync"))(real(file), flags)
+    flushed_then(file, || {
+        (methods(file).xSync.expect("xSync"))(real(file), flags)
+    })
 }
 
 unsafe extern "C" fn file_size(file: *mut ffi::sqlite3_file, size: *mut i64) -> c_int {
-    let rc = flush(file);
-    if rc != ffi::SQLITE_OK {
-        return rc;
-    }
-    (methods(file).xFileSize.expect("xFileSize"))(real(file), size)
+    flushed_then(file, || {
+        (methods(file).xFileSize.expect("xFileSize"))(real(file), size)
+    })
 }
 
 unsafe extern "C" fn lock(file: *mut ffi::sqlite3_file, level: c_int) -> c_int {
@@ -257,11 +257,9 @@ unsafe extern "C" fn file_control(
     op: c_int,
     arg: *mut c_void,
 ) -> c_int {
-    let rc = flush(file);
-    if rc != ffi::SQLITE_OK {
-        return rc;
-    }
-    (methods(file).xFileControl.expect("xFileControl"))(real(file), op, arg)
+    flushed_then(file, || {
+        (methods(file).xFileControl.expect("xFileControl"))(real(file), op, arg)
+    })
 }
 
 unsafe extern "C" fn sector_size(file: *mut ffi::sqlite3_file) -> c_int {
@@ -405,6 +403,26 @@ mod tests {
         }
     }
 
+    /// The transactions of the read-back test: small and large ones (one past the most held at
+    /// once), some rolled back.
+    const ROUNDS: i64 = 40;
+
+    fn rows_in(round: i64) -> i64 {
+        if round % 10 == 9 {
+            5_000
+        } else {
+            1 + round * 7
+        }
+    }
+
+    fn kept(round: i64) -> bool {
+        round % 7 != 3
+    }
+
+    fn body(round: i64, n: i64) -> String {
+        format!("{round}-{n}-{}", "y".repeat(900))
+    }
+
     #[test]
     fn what_is_written_through_it_reads_back_the_same_everywhere() {
         let dir = tempfile::tempdir().unwrap();
@@ -417,29 +435,21 @@ mod tests {
         .unwrap();
         let other = Connection::open(&path).unwrap();
         let mut expected = 0i64;
-        for round in 0..40i64 {
-            // Small and large transactions (one past the most held at once), some rolled back.
-            let rows = if round % 10 == 9 {
-                5_000
-            } else {
-                1 + round * 7
-            };
+        for round in 0..ROUNDS {
+            let rows = rows_in(round);
             let tx = conn.unchecked_transaction().unwrap();
             for n in 0..rows {
                 tx.execute(
                     "INSERT INTO t (n, body) VALUES (?1, ?2)",
-                    rusqlite::params![
-                        round * 100_000 + n,
-                        format!("{round}-{n}-{}", "y".repeat(900))
-                    ],
+                    rusqlite::params![round * 100_000 + n, body(round, n)],
                 )
                 .unwrap();
             }
-            if round % 7 == 3 {
-                tx.rollback().unwrap();
-            } else {
+            if kept(round) {
                 tx.commit().unwrap();
                 expected += rows;
+            } else {
+                tx.rollback().unwrap();
             }
             if round % 5 == 4 {
                 conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
@@ -464,19 +474,10 @@ mod tests {
             })
             .unwrap();
         assert_eq!(count, expected);
-        let mut want = 0i64;
-        for round in 0..40i64 {
-            let rows = if round % 10 == 9 {
-                5_000
-            } else {
-                1 + round * 7
-            };
-            if round % 7 != 3 {
-                for n in 0..rows {
-                    want += format!("{round}-{n}-").len() as i64 + 900;
-                }
-            }
-        }
+        let want: i64 = (0..ROUNDS)
+            .filter(|&round| kept(round))
+            .flat_map(|round| (0..rows_in(round)).map(move |n| body(round, n).len() as i64))
+            .sum();
         assert_eq!(sum, want);
     }
 }
