@@ -311,11 +311,12 @@ async fn a_bots_reply_is_queued_by_deliver_and_sent_once_by_automations() {
 }
 
 fn sqs_event(body: &str, attempt: u32) -> SqsEvent {
-    serde_json::from_value(json!({"Records": [{
-        "messageId": format!("m{attempt}"), "receiptHandle": format!("r{attempt}"),
-        "body": body,
-        "attributes": {"ApproximateReceiveCount": attempt.to_string()}, "messageAttributes": {},
-        "eventSource": "aws:sqs", "awsRegion": "us-east-1",
-        "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:q"}]}))
-    .unwrap()
+    let record = common::sqs_record(
+        &format!("m{attempt}"),
+        &format!("r{attempt}"),
+        body,
+        attempt,
+        "q",
+    );
+    serde_json::from_value(common::sqs_event([record])).unwrap()
 }

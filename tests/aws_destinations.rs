@@ -52,18 +52,9 @@ async fn receive(sqs: &aws_sdk_sqs::Client, url: &str) -> (SqsEvent, Vec<String>
         .iter()
         .map(|m| m.receipt_handle.clone().unwrap())
         .collect();
-    let records: Vec<serde_json::Value> = got
-        .iter()
-        .map(|m| {
-            serde_json::json!({"messageId": m.message_id, "receiptHandle": m.receipt_handle,
-                "body": m.body, "attributes": {"ApproximateReceiveCount": m.attributes.as_ref()
-                    .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
-                    .cloned().unwrap_or_else(|| "1".into())},
-                "messageAttributes": {}, "eventSource": "aws:sqs"})
-        })
-        .collect();
+    let records = got.iter().map(|m| common::sqs_record_of(m, "deliveries"));
     (
-        serde_json::from_value(serde_json::json!({ "Records": records })).unwrap(),
+        serde_json::from_value(common::sqs_event(records)).unwrap(),
         receipts,
     )
 }

@@ -34,18 +34,10 @@ fn event(i: usize, status: MessageStatus) -> Event {
 }
 
 fn sqs_event(bodies: &[(String, String)]) -> SqsEvent {
-    let records: Vec<serde_json::Value> = bodies
+    let records = bodies
         .iter()
-        .map(|(id, body)| {
-            serde_json::json!({
-                "messageId": id, "receiptHandle": format!("rh-{id}"), "body": body,
-                "attributes": {"ApproximateReceiveCount": "1"}, "messageAttributes": {},
-                "md5OfBody": "", "eventSource": "aws:sqs",
-                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:events", "awsRegion": "us-east-1"
-            })
-        })
-        .collect();
-    serde_json::from_value(serde_json::json!({ "Records": records })).unwrap()
+        .map(|(id, body)| common::sqs_record(id, &format!("rh-{id}"), body, 1, "events"));
+    serde_json::from_value(common::sqs_event(records)).unwrap()
 }
 
 #[tokio::test]

@@ -46,18 +46,11 @@ fn event(handle: &str, status: MessageStatus, raw: &str, content: Option<&str>) 
 }
 
 fn sqs_event(events: &[Event]) -> SqsEvent {
-    let records: Vec<serde_json::Value> = events
+    let records = events
         .iter()
         .enumerate()
-        .map(|(i, e)| {
-            serde_json::json!({
-                "messageId": format!("m{i}"), "receiptHandle": format!("r{i}"), "body": e.to_json(),
-                "attributes": {"ApproximateReceiveCount": "1"}, "messageAttributes": {}, "md5OfBody": "",
-                "eventSource": "aws:sqs", "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:q", "awsRegion": "us-east-1"
-            })
-        })
-        .collect();
-    serde_json::from_value(serde_json::json!({ "Records": records })).unwrap()
+        .map(|(i, e)| common::sqs_record(&format!("m{i}"), &format!("r{i}"), &e.to_json(), 1, "q"));
+    serde_json::from_value(common::sqs_event(records)).unwrap()
 }
 
 struct Tables {
@@ -580,13 +573,9 @@ async fn routed_events_reach_crm_sync_in_packs_and_a_pack_retried_for_one_push_r
     assert_eq!(received.len(), 1, "one pack");
     assert_eq!(Event::all_from_json(&received[0].body).unwrap(), events);
     let as_sqs = |count: u32| -> SqsEvent {
-        serde_json::from_value(serde_json::json!({"Records": [{
-            "messageId": received[0].message_id, "receiptHandle": received[0].receipt,
-            "body": received[0].body, "attributes": {"ApproximateReceiveCount": count.to_string()},
-            "messageAttributes": {}, "md5OfBody": "", "eventSource": "aws:sqs",
-            "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:q", "awsRegion": "us-east-1"
-        }]}))
-        .unwrap()
+        let m = &received[0];
+        let record = common::sqs_record(&m.message_id, &m.receipt, &m.body, count, "q");
+        serde_json::from_value(common::sqs_event([record])).unwrap()
     };
 
     // One push fails: the pack stays on the queue, the other 24 are pushed.

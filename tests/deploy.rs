@@ -568,11 +568,8 @@ async fn the_built_bootstraps_handle_every_fixture_with_the_templates_environmen
     assert!(!deliveries.is_empty(), "the router queued no delivery");
     let deliver = start(by_crate("functions/deliver"), &d, &endpoint, &mut kill).await;
     for (i, body) in deliveries.iter().enumerate() {
-        let event = serde_json::json!({"Records": [{
-            "messageId": format!("d{i}"), "receiptHandle": format!("r{i}"), "body": body,
-            "attributes": {"ApproximateReceiveCount": "1"}, "messageAttributes": {},
-            "eventSource": "aws:sqs", "awsRegion": "us-east-1",
-            "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:deliveries"}]});
+        let record = common::sqs_record(&format!("d{i}"), &format!("r{i}"), body, 1, "deliveries");
+        let event = common::sqs_event([record]);
         assert_no_batch_failures(&format!("deliver #{i}"), deliver.invoke(&event).await);
     }
     let delivered = hook.requests();
@@ -630,11 +627,9 @@ async fn the_built_bootstraps_handle_every_fixture_with_the_templates_environmen
     ] {
         let api = start(by_crate(dir), &d, &endpoint, &mut kill).await;
         for (i, body) in routed[queue].iter().enumerate() {
-            let pack = serde_json::json!({"Records": [{
-                "messageId": format!("pack{i}"), "receiptHandle": format!("rp{i}"), "body": body,
-                "attributes": {"ApproximateReceiveCount": "1"}, "messageAttributes": {},
-                "eventSource": "aws:sqs", "awsRegion": "us-east-1",
-                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:sink"}]});
+            let record =
+                common::sqs_record(&format!("pack{i}"), &format!("rp{i}"), body, 1, "sink");
+            let pack = common::sqs_event([record]);
             assert_no_batch_failures(&format!("{dir} pack {i}"), api.invoke(&pack).await);
         }
         for (file, event) in &sqs_fixtures {
@@ -662,12 +657,15 @@ async fn the_built_bootstraps_handle_every_fixture_with_the_templates_environmen
     };
     let media = start(by_crate("functions/media"), &d, &endpoint, &mut kill).await;
     for attempt in 1..=2 {
-        let event = serde_json::json!({"Records": [{
-            "messageId": format!("m{attempt}"), "receiptHandle": format!("rm{attempt}"),
-            "body": media_event.to_json(),
-            "attributes": {"ApproximateReceiveCount": attempt.to_string()}, "messageAttributes": {},
-            "eventSource": "aws:sqs", "awsRegion": "us-east-1",
-            "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:media"}]});
+        let body = media_event.to_json();
+        let record = common::sqs_record(
+            &format!("m{attempt}"),
+            &format!("rm{attempt}"),
+            &body,
+            attempt,
+            "media",
+        );
+        let event = common::sqs_event([record]);
         assert_no_batch_failures(&format!("media #{attempt}"), media.invoke(&event).await);
     }
     assert_eq!(cdn.hits("/deploy/clip.mp4"), 1, "downloaded once");

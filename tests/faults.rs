@@ -384,18 +384,8 @@ async fn a_sink_that_never_recovers_dead_letters_and_replay_delivers_once() {
             .unwrap()
             .messages
             .unwrap_or_default();
-        let records: Vec<serde_json::Value> = msgs
-            .iter()
-            .map(|m| {
-                serde_json::json!({"messageId": m.message_id, "receiptHandle": m.receipt_handle,
-                    "body": m.body, "attributes": {"ApproximateReceiveCount": m.attributes.as_ref()
-                        .and_then(|a| a.get(&aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateReceiveCount))
-                        .cloned().unwrap_or_else(|| "1".into())},
-                    "messageAttributes": {}, "eventSource": "aws:sqs"})
-            })
-            .collect();
-        let event: SqsEvent =
-            serde_json::from_value(serde_json::json!({ "Records": records })).unwrap();
+        let records = msgs.iter().map(|m| common::sqs_record_of(m, "q"));
+        let event: SqsEvent = serde_json::from_value(common::sqs_event(records)).unwrap();
         (msgs, event)
     };
     for _ in 0..6 {

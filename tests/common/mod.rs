@@ -192,6 +192,49 @@ pub async fn create_queue(client: &aws_sdk_sqs::Client, name: &str) -> String {
         .unwrap()
 }
 
+/// One SQS record as Lambda's event source mapping hands it to a function: `receive_count` is
+/// its `ApproximateReceiveCount`, `queue` the last part of its queue's ARN.
+pub fn sqs_record(
+    id: &str,
+    receipt: &str,
+    body: &str,
+    receive_count: u32,
+    queue: &str,
+) -> serde_json::Value {
+    serde_json::json!({
+        "messageId": id, "receiptHandle": receipt, "body": body,
+        "attributes": {"ApproximateReceiveCount": receive_count.to_string()},
+        "messageAttributes": {}, "md5OfBody": "", "eventSource": "aws:sqs",
+        "eventSourceARN": format!("arn:aws:sqs:us-east-1:123456789012:{queue}"),
+        "awsRegion": "us-east-1",
+    })
+}
+
+/// The record of a message received from a queue, with the receive count SQS gave (1 when it
+/// gave none).
+pub fn sqs_record_of(m: &aws_sdk_sqs::types::Message, queue: &str) -> serde_json::Value {
+    let count = m
+        .attributes
+        .as_ref()
+        .and_then(|a| {
+            a.get(&aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateReceiveCount)
+        })
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(1);
+    sqs_record(
+        m.message_id.as_deref().unwrap_or_default(),
+        m.receipt_handle.as_deref().unwrap_or_default(),
+        m.body.as_deref().unwrap_or_default(),
+        count,
+        queue,
+    )
+}
+
+/// An SQS event of these records, as JSON (`serde_json::from_value` makes it an `SqsEvent`).
+pub fn sqs_event(records: impl IntoIterator<Item = serde_json::Value>) -> serde_json::Value {
+    serde_json::json!({ "Records": records.into_iter().collect::<Vec<_>>() })
+}
+
 /// Every message in the queue (received and deleted).
 pub async fn drain_queue(client: &aws_sdk_sqs::Client, url: &str) -> Vec<String> {
     let mut bodies = Vec::new();
