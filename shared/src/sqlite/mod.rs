@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use tokio::sync::oneshot;
 
+mod pcache;
 mod vfs;
 
 /// Most writes one transaction takes before it commits.
@@ -988,7 +989,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
         {
-            let c = Connection::open(&path).unwrap();
+            let c = open_connection(&path).unwrap();
             c.execute_batch(
                 "CREATE TABLE idempotency (
                     key TEXT PRIMARY KEY, state TEXT NOT NULL, token TEXT NOT NULL,

@@ -37,10 +37,15 @@ unsafe impl Sync for Base {}
 
 static REGISTERED: OnceLock<Result<Base, String>> = OnceLock::new();
 
-/// Registers the VFS (once per process); its name, or why it could not be.
+/// Registers the VFS (once per process); its name, or why it could not be. This is the crate's
+/// first call into SQLite, so it puts the page cache in front of SQLite's first
+/// ([`super::pcache`]: SQLite's configuration is fixed from its first use on).
 pub fn register() -> Result<&'static CStr, String> {
     REGISTERED
-        .get_or_init(|| unsafe { register_once() })
+        .get_or_init(|| {
+            let _ = super::pcache::install();
+            unsafe { register_once() }
+        })
         .as_ref()
         .map(|_| NAME)
         .map_err(Clone::clone)

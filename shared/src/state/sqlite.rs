@@ -40,26 +40,25 @@ fn read_message(
     source: &str,
     handle: &str,
 ) -> rusqlite::Result<Option<MessageState>> {
-    c.query_row(
+    c.prepare_cached(
         "SELECT status, content, service, line, contact, sent_at_ms, delivered_at_ms
          FROM message_state WHERE source = ?1 AND handle = ?2",
-        params![source, handle],
-        |r| {
-            Ok(MessageState {
-                source: source.to_owned(),
-                handle: handle.to_owned(),
-                status: from_word(&r.get::<_, String>(0)?).unwrap_or(MessageStatus::Unknown),
-                content: r.get(1)?,
-                service: r
-                    .get::<_, Option<String>>(2)?
-                    .and_then(|s| from_word::<Service>(&s)),
-                line: r.get(3)?,
-                contact: r.get(4)?,
-                sent_at: time(r.get(5)?),
-                delivered_at: time(r.get(6)?),
-            })
-        },
-    )
+    )?
+    .query_row(params![source, handle], |r| {
+        Ok(MessageState {
+            source: source.to_owned(),
+            handle: handle.to_owned(),
+            status: from_word(&r.get::<_, String>(0)?).unwrap_or(MessageStatus::Unknown),
+            content: r.get(1)?,
+            service: r
+                .get::<_, Option<String>>(2)?
+                .and_then(|s| from_word::<Service>(&s)),
+            line: r.get(3)?,
+            contact: r.get(4)?,
+            sent_at: time(r.get(5)?),
+            delivered_at: time(r.get(6)?),
+        })
+    })
     .optional()
 }
 
@@ -68,28 +67,27 @@ fn read_conversation(
     line: &str,
     contact: &str,
 ) -> rusqlite::Result<Option<Conversation>> {
-    c.query_row(
+    c.prepare_cached(
         "SELECT last_inbound_at_ms, last_inbound_handle, last_outbound_at_ms, last_outbound_handle,
                 last_delivered_at_ms, last_read_at_ms, opted_out, service
          FROM conversations WHERE line = ?1 AND contact = ?2",
-        params![line, contact],
-        |r| {
-            Ok(Conversation {
-                line: line.to_owned(),
-                contact: contact.to_owned(),
-                last_inbound_at: time(r.get(0)?),
-                last_inbound_handle: r.get(1)?,
-                last_outbound_at: time(r.get(2)?),
-                last_outbound_handle: r.get(3)?,
-                last_delivered_at: time(r.get(4)?),
-                last_read_at: time(r.get(5)?),
-                opted_out: r.get::<_, i64>(6)? != 0,
-                service: r
-                    .get::<_, Option<String>>(7)?
-                    .and_then(|s| from_word::<Service>(&s)),
-            })
-        },
-    )
+    )?
+    .query_row(params![line, contact], |r| {
+        Ok(Conversation {
+            line: line.to_owned(),
+            contact: contact.to_owned(),
+            last_inbound_at: time(r.get(0)?),
+            last_inbound_handle: r.get(1)?,
+            last_outbound_at: time(r.get(2)?),
+            last_outbound_handle: r.get(3)?,
+            last_delivered_at: time(r.get(4)?),
+            last_read_at: time(r.get(5)?),
+            opted_out: r.get::<_, i64>(6)? != 0,
+            service: r
+                .get::<_, Option<String>>(7)?
+                .and_then(|s| from_word::<Service>(&s)),
+        })
+    })
     .optional()
 }
 
@@ -121,7 +119,7 @@ impl StateStore for SqliteState {
                 let mut message = None;
                 if let (Some(h), Some(st)) = (&handle, status) {
                     let r = i64::from(rank(st));
-                    c.execute(
+                    c.prepare_cached(
                         "INSERT INTO message_state(source, handle, status, rank, status_event, content, service, line, contact,
                             sent_at_ms, delivered_at_ms, updated_at_ms)
                          VALUES (?1, ?2, ?3, ?4, ?10, ?5, ?6, ?7, ?8, ?11, ?12, ?9)
@@ -136,7 +134,8 @@ impl StateStore for SqliteState {
                            sent_at_ms = coalesce(message_state.sent_at_ms, excluded.sent_at_ms),
                            delivered_at_ms = coalesce(message_state.delivered_at_ms, excluded.delivered_at_ms),
                            updated_at_ms = max(message_state.updated_at_ms, excluded.updated_at_ms)",
-                        params![
+                    )?
+                    .execute(params![
                             source,
                             h,
                             word(&st),
@@ -151,11 +150,9 @@ impl StateStore for SqliteState {
                             (st == MessageStatus::Delivered).then_some(at),
                         ],
                     )?;
-                    let set_by: String = c.query_row(
-                        "SELECT status_event FROM message_state WHERE source = ?1 AND handle = ?2",
-                        params![source, h],
-                        |r| r.get(0),
-                    )?;
+                    let set_by: String = c
+                        .prepare_cached("SELECT status_event FROM message_state WHERE source = ?1 AND handle = ?2")?
+                        .query_row(params![source, h], |r| r.get(0))?;
                     advanced = set_by == event_id;
                     message = read_message(c, &source, h)?;
                 }
@@ -168,7 +165,7 @@ impl StateStore for SqliteState {
                     } else {
                         (None, None, Some(at), handle.clone())
                     };
-                    c.execute(
+                    c.prepare_cached(
                         "INSERT INTO conversations(line, contact, last_inbound_at_ms, last_inbound_handle, last_outbound_at_ms,
                             last_outbound_handle, last_delivered_at_ms, last_read_at_ms, opted_out, service)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, coalesce(?9, 0), ?10)
@@ -183,18 +180,18 @@ impl StateStore for SqliteState {
                            last_read_at_ms = max(coalesce(last_read_at_ms, -1), coalesce(excluded.last_read_at_ms, -1)),
                            opted_out = coalesce(?9, opted_out),
                            service = coalesce(excluded.service, service)",
-                        params![l, ct, in_at, in_h, out_at, out_h, delivered, read, opted_out, service],
-                    )?;
+                    )?
+                    .execute(params![l, ct, in_at, in_h, out_at, out_h, delivered, read, opted_out, service])?;
                     // -1 stands for "never" inside the max() above.
-                    c.execute(
+                    c.prepare_cached(
                         "UPDATE conversations SET
                            last_inbound_at_ms = nullif(last_inbound_at_ms, -1),
                            last_outbound_at_ms = nullif(last_outbound_at_ms, -1),
                            last_delivered_at_ms = nullif(last_delivered_at_ms, -1),
                            last_read_at_ms = nullif(last_read_at_ms, -1)
                          WHERE line = ?1 AND contact = ?2",
-                        params![l, ct],
-                    )?;
+                    )?
+                    .execute(params![l, ct])?;
                     conversation = read_conversation(c, l, ct)?;
                 }
                 Ok(Applied {
