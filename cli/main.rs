@@ -124,6 +124,13 @@ enum Command {
         /// repeated webhook-id: pushes are not recorded, two DynamoDB writes per event).
         #[arg(long)]
         crm_receiver_dedupes: bool,
+        /// Deliveries to destinations per webhook (2: every webhook to two destinations; 0.5:
+        /// half of them to one), priced on top.
+        #[arg(long, default_value_t = 0.0)]
+        deliveries: f64,
+        /// Attachments per webhook, archived by the media sink, priced on top.
+        #[arg(long, default_value_t = 0.0)]
+        attachments: f64,
         /// One JSON object, for scripts.
         #[arg(long)]
         json: bool,
@@ -243,21 +250,22 @@ async fn main() -> ExitCode {
             function_url,
             platform_logs,
             crm_receiver_dedupes,
+            deliveries,
+            attachments,
             json,
         } => bluehook::cost::parse_sinks(&sinks)
-            .map_err(anyhow::Error::msg)
-            .and_then(|sinks| {
-                cost(
-                    &bluehook::cost::Options {
-                        per_month,
-                        sinks,
-                        function_url,
-                        platform_logs,
-                        crm_receiver_dedupes,
-                    },
-                    json,
-                )
+            .map(|sinks| bluehook::cost::Options {
+                per_month,
+                sinks,
+                function_url,
+                platform_logs,
+                crm_receiver_dedupes,
+                deliveries,
+                attachments,
             })
+            .and_then(|opts| opts.check().map(|_| opts))
+            .map_err(anyhow::Error::msg)
+            .and_then(|opts| cost(&opts, json))
             .map(|_| ExitCode::SUCCESS),
         Command::Stats { data_dir, json } => {
             stats(&data_dir, json).await.map(|_| ExitCode::SUCCESS)

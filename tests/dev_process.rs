@@ -537,3 +537,41 @@ async fn a_message_that_keeps_failing_is_dead_lettered_and_replay_moves_it_back(
     });
     assert!(dev.interrupt().success());
 }
+
+/// `bluehook cost` prices deliveries and attachments on top, per webhook, and refuses
+/// attachments without the media sink.
+#[test]
+fn bluehook_cost_prices_deliveries_and_attachments_per_webhook() {
+    let cost = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_bluehook"))
+            .arg("cost")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let json = |args: &[&str]| -> serde_json::Value {
+        let out = cost(args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let base = json(&["--json"]);
+    let more = json(&["--json", "--deliveries", "2", "--attachments", "0.05"]);
+    assert_eq!(more["deliveries_per_webhook"], 2.0);
+    assert_eq!(more["attachments_per_webhook"], 0.05);
+    let functions = more["functions"].as_array().unwrap();
+    assert!(functions.iter().any(|f| f == "deliver"), "{more}");
+    // Two deliveries at ~$1.41 per million each, 0.05 attachments at ~$7.5 per million.
+    let added =
+        more["usd_per_million"].as_f64().unwrap() - base["usd_per_million"].as_f64().unwrap();
+    assert!((3.0..3.3).contains(&added), "{added}");
+    let refused = cost(&["--sinks", "crm", "--attachments", "1"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("media sink"));
+    let refused = cost(&["--deliveries=-1"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("0 or more"));
+}

@@ -23,6 +23,8 @@ pub mod price {
     pub const DDB_WRITE_PER_M: f64 = 0.625;
     /// S3 Standard PUT, per million.
     pub const S3_PUT_PER_M: f64 = 5.00;
+    /// S3 Standard GET and HEAD, per million.
+    pub const S3_READ_PER_M: f64 = 0.40;
     /// CloudWatch Logs ingestion, per GB.
     pub const LOGS_PER_GB: f64 = 0.50;
 }
@@ -51,6 +53,23 @@ struct Share {
     ddb_writes: f64,
     ddb_writes_floor: f64,
     s3_puts: f64,
+    s3_reads: f64,
+}
+
+impl Share {
+    /// `n` of these per webhook (the duration per invocation stays).
+    fn times(self, n: f64) -> Share {
+        Share {
+            invocations: self.invocations * n,
+            sqs: self.sqs * n,
+            sqs_floor: self.sqs_floor * n,
+            ddb_writes: self.ddb_writes * n,
+            ddb_writes_floor: self.ddb_writes_floor * n,
+            s3_puts: self.s3_puts * n,
+            s3_reads: self.s3_reads * n,
+            ..self
+        }
+    }
 }
 
 /// Per webhook, from `scripts/bench-aws.sh 1000` (docs/cost.md). SQS requests as billed: each
@@ -66,6 +85,7 @@ const INGRESS: Share = Share {
     ddb_writes: 2.0,
     ddb_writes_floor: 2.0,
     s3_puts: 0.0,
+    s3_reads: 0.0,
 };
 /// Batches of 100 events (one a second at most while traffic is light); its sends are per sink
 /// below. The event source mapping's ReceiveMessage per ten events and DeleteMessageBatch per
@@ -79,6 +99,7 @@ const ROUTER: Share = Share {
     ddb_writes: 0.0,
     ddb_writes_floor: 0.0,
     s3_puts: 0.0,
+    s3_reads: 0.0,
 };
 /// crm-sync takes every message event (all of this workload) in packs of at most 32 events
 /// (60 KiB), one pack per invocation. Per event, pushed to the `http` adapter: the message
@@ -97,6 +118,7 @@ const CRM: Share = Share {
     ddb_writes: CRM_WRITES_PER_EVENT,
     ddb_writes_floor: 3.0,
     s3_puts: 0.0,
+    s3_reads: 0.0,
 };
 /// Measured DynamoDB writes per crm-sync event (`scripts/bench-aws.sh`).
 pub const CRM_WRITES_PER_EVENT: f64 = 3.0;
@@ -114,6 +136,7 @@ const SMS: Share = Share {
     ddb_writes: 0.04,
     ddb_writes_floor: 0.04,
     s3_puts: 0.0,
+    s3_reads: 0.0,
 };
 /// analytics: batches of up to 100 packs, one S3 object per hour of events in each (one
 /// invocation per 1,000 webhooks here; fewer at volume).
@@ -126,9 +149,10 @@ const ANALYTICS: Share = Share {
     ddb_writes: 0.0,
     ddb_writes_floor: 0.0,
     s3_puts: 0.001,
+    s3_reads: 0.0,
 };
-/// media: only events with an attachment reach its queue (none in this workload; docs/cost.md
-/// gives the measured cost per attachment: two writes, one S3 PUT and HEAD, one invocation).
+/// media: only events with an attachment reach its queue (none in this workload; priced per
+/// attachment with `--attachments`, below).
 const MEDIA: Share = Share {
     function: "media",
     invocations: 0.0,
@@ -138,6 +162,41 @@ const MEDIA: Share = Share {
     ddb_writes: 0.0,
     ddb_writes_floor: 0.0,
     s3_puts: 0.0,
+    s3_reads: 0.0,
+};
+
+/// One delivery to a destination (`scripts/bench-aws.sh`: every message event to one
+/// destination, 1,000 deliveries): the router's SendMessageBatch (0.1: ten envelopes a
+/// batch, not packed, each delivery has its own backoff), the mapping's receive and delete per
+/// batch of ten (0.2), a tenth of an invocation (median 93.1 ms), and the delivery's effect key
+/// claimed before the request and completed after it. The floor is the same: without the
+/// completion a redelivered message would be posted again.
+const DELIVERY: Share = Share {
+    function: "deliver",
+    invocations: 0.1,
+    billed_ms: 94.0,
+    sqs: 0.1 + 0.2,
+    sqs_floor: 0.1 + 0.2,
+    ddb_writes: 2.0,
+    ddb_writes_floor: 2.0,
+    s3_puts: 0.0,
+    s3_reads: 0.0,
+};
+
+/// One archived attachment (`scripts/bench-aws.sh`: 20 pictures of 20 KB): the router's send
+/// (0.5) and the mapping's receive and delete (1.1; batches of one), one invocation (median
+/// 20.4 ms), the effect key's claim and completion, an S3 HEAD (already stored?) and one PUT
+/// (under 8 MiB; multipart above).
+const ATTACHMENT: Share = Share {
+    function: "media",
+    invocations: 1.0,
+    billed_ms: 21.0,
+    sqs: 0.5 + 1.1,
+    sqs_floor: 0.5 + 1.1,
+    ddb_writes: 2.0,
+    ddb_writes_floor: 2.0,
+    s3_puts: 1.0,
+    s3_reads: 1.0,
 };
 
 /// What `bluehook cost` is asked.
@@ -152,6 +211,30 @@ pub struct Options {
     pub platform_logs: bool,
     /// `[sinks.crm] receiver_dedupes = true`: pushes not recorded done (two writes per event).
     pub crm_receiver_dedupes: bool,
+    /// Deliveries to destinations per webhook (2: every webhook to two destinations).
+    pub deliveries: f64,
+    /// Attachments per webhook, archived by the media sink.
+    pub attachments: f64,
+}
+
+impl Options {
+    /// The deliveries and attachments are counts, and attachments need the media sink.
+    pub fn check(&self) -> Result<(), String> {
+        for (flag, n) in [
+            ("--deliveries", self.deliveries),
+            ("--attachments", self.attachments),
+        ] {
+            if !(n.is_finite() && n >= 0.0) {
+                return Err(format!(
+                    "{flag} is a count per webhook, 0 or more (got {n})"
+                ));
+            }
+        }
+        if self.attachments > 0.0 && !self.sinks.iter().any(|s| s == "media") {
+            return Err("--attachments are archived by the media sink: add it to --sinks".into());
+        }
+        Ok(())
+    }
 }
 
 /// One line of the bill.
@@ -183,6 +266,10 @@ pub struct Estimate {
     pub platform_logs: bool,
     /// crm-sync priced with `receiver_dedupes = true`.
     pub crm_receiver_dedupes: bool,
+    /// Deliveries to destinations per webhook.
+    pub deliveries_per_webhook: f64,
+    /// Attachments archived per webhook.
+    pub attachments_per_webhook: f64,
 }
 
 /// The sinks named in `--sinks` (comma-separated; `all`, `none`), checked.
@@ -211,7 +298,7 @@ pub fn parse_sinks(arg: &str) -> Result<Vec<String>, String> {
 pub fn estimate(opts: &Options) -> Estimate {
     let mut shares = vec![INGRESS];
     let on = |s: &str| opts.sinks.iter().any(|x| x == s);
-    if !opts.sinks.is_empty() {
+    if !opts.sinks.is_empty() || opts.deliveries > 0.0 {
         shares.push(ROUTER);
     }
     for (name, share) in [
@@ -234,6 +321,12 @@ pub fn estimate(opts: &Options) -> Estimate {
         if on(name) {
             shares.push(share);
         }
+    }
+    if opts.attachments > 0.0 && on("media") {
+        shares.push(ATTACHMENT.times(opts.attachments));
+    }
+    if opts.deliveries > 0.0 {
+        shares.push(DELIVERY.times(opts.deliveries));
     }
     let sum = |f: &dyn Fn(&Share) -> f64| shares.iter().map(f).sum::<f64>();
     let invocations = sum(&|s| s.invocations);
@@ -288,6 +381,12 @@ pub fn estimate(opts: &Options) -> Estimate {
             sum(&|s| s.s3_puts),
             price::S3_PUT_PER_M,
         ),
+        line(
+            "S3 HEADs",
+            sum(&|s| s.s3_reads),
+            sum(&|s| s.s3_reads),
+            price::S3_READ_PER_M,
+        ),
         // A KB per webhook is a GB per million webhooks. Not in the floor: the lines are
         // optional (the template's default leaves them out).
         line(
@@ -309,7 +408,12 @@ pub fn estimate(opts: &Options) -> Estimate {
         } else {
             "API Gateway HTTP API"
         },
-        functions: shares.iter().map(|s| s.function).collect(),
+        functions: shares.iter().fold(Vec::new(), |mut functions, s| {
+            if !functions.contains(&s.function) {
+                functions.push(s.function);
+            }
+            functions
+        }),
         lines,
         usd_per_million: total,
         floor_usd_per_million: floor,
@@ -318,6 +422,8 @@ pub fn estimate(opts: &Options) -> Estimate {
         budget_per_million: if opts.function_url { 3.50 } else { 4.50 },
         platform_logs: opts.platform_logs,
         crm_receiver_dedupes: opts.crm_receiver_dedupes,
+        deliveries_per_webhook: opts.deliveries,
+        attachments_per_webhook: opts.attachments,
     }
 }
 
@@ -337,6 +443,13 @@ impl Estimate {
             self.front
         );
         let _ = writeln!(out, "functions: {}", self.functions.join(", "));
+        if self.deliveries_per_webhook > 0.0 || self.attachments_per_webhook > 0.0 {
+            let _ = writeln!(
+                out,
+                "per webhook: deliveries to destinations {}, attachments archived {}",
+                self.deliveries_per_webhook, self.attachments_per_webhook
+            );
+        }
         let _ = writeln!(out);
         let _ = writeln!(
             out,
@@ -367,6 +480,8 @@ impl Estimate {
         let _ = writeln!(out);
         let verdict = if self.sinks.len() < SINKS.len() {
             "not compared: some sinks are off here"
+        } else if self.deliveries_per_webhook > 0.0 || self.attachments_per_webhook > 0.0 {
+            "not compared: deliveries or attachments are priced on top here"
         } else if self.usd_per_million <= self.budget_per_million {
             "within"
         } else {
@@ -382,9 +497,14 @@ impl Estimate {
         } else {
             "each CRM push once, even when SQS redelivers"
         };
+        let items = if self.deliveries_per_webhook > 0.0 || self.attachments_per_webhook > 0.0 {
+            "; each delivery and attachment once, even when SQS redelivers"
+        } else {
+            ""
+        };
         let _ = writeln!(
             out,
-            "floor: the fewest AWS requests the same guarantees need (the ingress's claim, enqueue and completion; {once})."
+            "floor: the fewest AWS requests the same guarantees need (the ingress's claim, enqueue and completion; {once}{items})."
         );
         let _ = writeln!(
             out,
@@ -423,6 +543,8 @@ mod tests {
             function_url,
             platform_logs: false,
             crm_receiver_dedupes: false,
+            deliveries: 0.0,
+            attachments: 0.0,
         })
     }
 
@@ -447,6 +569,8 @@ mod tests {
             function_url: true,
             platform_logs: false,
             crm_receiver_dedupes: false,
+            deliveries: 0.0,
+            attachments: 0.0,
         });
         assert_eq!(none.functions, vec!["ingress"]);
         let ddb = none
@@ -461,6 +585,8 @@ mod tests {
             function_url: true,
             platform_logs: false,
             crm_receiver_dedupes: false,
+            deliveries: 0.0,
+            attachments: 0.0,
         });
         assert!(none.usd_per_million < crm.usd_per_million);
         assert!(crm.usd_per_million < all(true).usd_per_million);
@@ -476,6 +602,8 @@ mod tests {
             function_url: true,
             platform_logs: true,
             crm_receiver_dedupes: false,
+            deliveries: 0.0,
+            attachments: 0.0,
         });
         let logs = on
             .lines
@@ -498,6 +626,8 @@ mod tests {
                 function_url,
                 platform_logs: false,
                 crm_receiver_dedupes: true,
+                deliveries: 0.0,
+                attachments: 0.0,
             })
         };
         for function_url in [true, false] {
@@ -527,6 +657,8 @@ mod tests {
                 function_url,
                 platform_logs: false,
                 crm_receiver_dedupes: true,
+                deliveries: 0.0,
+                attachments: 0.0,
             });
             assert!(
                 e.usd_per_million <= e.budget_per_million,
@@ -538,6 +670,83 @@ mod tests {
         }
         // Every push recorded (the default): one write more per message event, over.
         assert!(all(true).usd_per_million > 3.50);
+    }
+
+    #[test]
+    fn deliveries_and_attachments_are_priced_on_top_per_item() {
+        let with = |deliveries, attachments| {
+            let opts = Options {
+                per_month: 1_000_000,
+                sinks: parse_sinks("all").unwrap(),
+                function_url: true,
+                platform_logs: false,
+                crm_receiver_dedupes: true,
+                deliveries,
+                attachments,
+            };
+            opts.check().unwrap();
+            estimate(&opts)
+        };
+        let base = with(0.0, 0.0);
+        // Per delivery: two DynamoDB writes ($1.25/M), 0.3 SQS requests, a tenth of an
+        // invocation: about $1.41 per million.
+        let per_delivery = (with(2.0, 0.0).usd_per_million - base.usd_per_million) / 2.0;
+        assert!((1.35..1.50).contains(&per_delivery), "{per_delivery}");
+        // Per attachment: the S3 PUT ($5/M) and HEAD, two writes, an invocation, 1.6 SQS
+        // requests: about $7.5 per million.
+        let per_attachment = (with(0.0, 0.5).usd_per_million - base.usd_per_million) / 0.5;
+        assert!((7.0..8.0).contains(&per_attachment), "{per_attachment}");
+        let both = with(1.0, 0.1);
+        assert!(both.functions.contains(&"deliver"));
+        assert_eq!(both.functions.iter().filter(|f| **f == "media").count(), 1);
+        let heads = both.lines.iter().find(|l| l.item == "S3 HEADs").unwrap();
+        assert!((heads.quantity - 0.1).abs() < 1e-9);
+        let text = both.render();
+        assert!(text.contains("deliveries to destinations 1, attachments archived 0.1"));
+        assert!(text.contains("each delivery and attachment once"));
+        assert!(text.contains("not compared: deliveries or attachments"));
+        assert!(!base.render().contains("HEADs"));
+        // Destinations without any sink still go through the router.
+        let alone = estimate(&Options {
+            sinks: Vec::new(),
+            deliveries: 1.0,
+            ..Options {
+                per_month: 1_000_000,
+                sinks: Vec::new(),
+                function_url: true,
+                platform_logs: false,
+                crm_receiver_dedupes: false,
+                deliveries: 0.0,
+                attachments: 0.0,
+            }
+        });
+        assert_eq!(alone.functions, vec!["ingress", "router", "deliver"]);
+    }
+
+    #[test]
+    fn counts_are_checked_and_attachments_need_the_media_sink() {
+        let opts = |sinks: &str, deliveries, attachments| Options {
+            per_month: 1_000_000,
+            sinks: parse_sinks(sinks).unwrap(),
+            function_url: false,
+            platform_logs: false,
+            crm_receiver_dedupes: false,
+            deliveries,
+            attachments,
+        };
+        assert!(opts("all", 3.0, 0.2).check().is_ok());
+        assert!(opts("crm", 0.0, 0.2)
+            .check()
+            .unwrap_err()
+            .contains("media sink"));
+        assert!(opts("all", -1.0, 0.0)
+            .check()
+            .unwrap_err()
+            .contains("--deliveries"));
+        assert!(opts("all", 0.0, f64::NAN)
+            .check()
+            .unwrap_err()
+            .contains("--attachments"));
     }
 
     #[test]
