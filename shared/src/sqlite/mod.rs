@@ -926,7 +926,11 @@ mod tests {
         // The WAL header's checkpoint sequence number counts the times the WAL started over.
         let wal = dir.path().join("t.db-wal");
         let restarts = || {
-            let header = std::fs::read(&wal).unwrap();
+            use std::io::Read;
+            let mut header = [0u8; 16];
+            std::fs::File::open(&wal)
+                .and_then(|mut f| f.read_exact(&mut header))
+                .unwrap();
             u32::from_be_bytes(header[12..16].try_into().unwrap())
         };
         tokio::time::sleep(Duration::from_secs(2)).await;
