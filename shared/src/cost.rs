@@ -708,17 +708,13 @@ mod tests {
         assert!(!base.render().contains("HEADs"));
         // Destinations without any sink still go through the router.
         let alone = estimate(&Options {
+            per_month: 1_000_000,
             sinks: Vec::new(),
+            function_url: true,
+            platform_logs: false,
+            crm_receiver_dedupes: false,
             deliveries: 1.0,
-            ..Options {
-                per_month: 1_000_000,
-                sinks: Vec::new(),
-                function_url: true,
-                platform_logs: false,
-                crm_receiver_dedupes: false,
-                deliveries: 0.0,
-                attachments: 0.0,
-            }
+            attachments: 0.0,
         });
         assert_eq!(alone.functions, vec!["ingress", "router", "deliver"]);
     }
